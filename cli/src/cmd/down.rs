@@ -1,0 +1,42 @@
+//! `flotilla down`: remove the stack through the manager and wait until its
+//! containers, networks (and with `-v`, volumes) are gone.
+
+use crate::client;
+use crate::opts::{DownArgs, Global};
+use anyhow::Result;
+use flotilla_proto::v1 as pb;
+
+pub async fn run(g: &Global, a: &DownArgs) -> Result<i32> {
+    let name = super::project_name(g)?;
+    let mut ctl = client::connect(g).await?;
+    let before = ctl
+        .list_tasks(pb::ListTasksRequest {
+            stack: name.clone(),
+            services: Vec::new(),
+            all: true,
+        })
+        .await
+        .map_err(|s| client::status_err("listing the stack's containers", s))?
+        .into_inner();
+    let resp = ctl
+        .remove_stack(pb::RemoveStackRequest {
+            name: name.clone(),
+            remove_volumes: a.volumes,
+            timeout_ms: a.timeout.unwrap_or(10) * 1000,
+            wait: true,
+        })
+        .await
+        .map_err(|s| client::status_err(&format!("removing stack {name}"), s))?
+        .into_inner();
+    let mut names: Vec<&str> = before.tasks.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        println!(" \u{2714} Container {n:<28} Removed");
+    }
+    for n in &before.networks {
+        println!(" \u{2714} Network {:<30} Removed", n.id);
+    }
+    let _ = resp;
+    Ok(0)
+}

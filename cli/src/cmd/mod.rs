@@ -1,0 +1,70 @@
+//! One module per user command. Each parses nothing (clap did), calls the
+//! Control API, and renders; none of them changes state except through the
+//! API.
+
+mod config;
+mod daemon_cmd;
+mod down;
+mod image;
+mod logs;
+mod ls;
+mod ps;
+mod up;
+
+use crate::opts::{Cli, Command, Global};
+use anyhow::{Context, Result};
+use flotilla_compose::{LoadOptions, Project};
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn dispatch(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Up(a) => up::run(g, a).await,
+        Command::Down(a) => down::run(g, a).await,
+        Command::Ps(a) => ps::run(g, a).await,
+        Command::Logs(a) => logs::run(g, a).await,
+        Command::Ls => ls::run(g).await,
+        Command::Config(a) => config::run(g, a),
+        Command::Image(c) => image::run(g, c).await,
+        Command::Daemon(c) => daemon_cmd::run(g, c).await,
+        Command::Server(a) => crate::daemon::serve(g, a).await,
+    }
+}
+
+/// Loads the Compose project the global flags name (for deploying).
+pub fn load_project(g: &Global, services: &[String]) -> Result<Project> {
+    let opts = load_options(g, services)?;
+    let project = flotilla_compose::load(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &project.warnings {
+        eprintln!("WARN[0000] {w}");
+    }
+    Ok(project)
+}
+
+/// The loader options from the global flags and the environment.
+pub fn load_options(g: &Global, services: &[String]) -> Result<LoadOptions> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut opts = LoadOptions::new(&cwd);
+    opts.files = g.files.clone();
+    opts.project_dir = g.project_directory.clone();
+    opts.project_name = g.project_name.clone();
+    opts.env = std::env::vars().collect();
+    opts.env_files = g.env_files.clone();
+    opts.profiles = g.profiles.clone();
+    opts.services = services.to_vec();
+    Ok(opts)
+}
+
+/// The project name for commands that only need the name (`down`, `ps`,
+/// `logs`): `-p` wins; else the Compose file decides.
+pub fn project_name(g: &Global) -> Result<String> {
+    if let Some(p) = &g.project_name {
+        if let Some(n) = flotilla_compose::normalize_project_name(p) {
+            return Ok(n);
+        }
+        anyhow::bail!("invalid project name {p:?}: must contain only lowercase letters, digits, dashes and underscores, and start with a letter or digit");
+    }
+    let opts = load_options(g, &[])?;
+    let project = flotilla_compose::load_for_config(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(project.name)
+}

@@ -1,0 +1,201 @@
+//! Command-line shape: Compose's verbs and global flags, plus Flotilla's
+//! own (`server`, `daemon`, `image`).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Default daemon socket.
+pub const DEFAULT_HOST: &str = "unix:///run/flotilla/flotilla.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version, about = "Compose stacks on real containers, on one host or many", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Compose file(s), in order (later files override earlier ones).
+    #[arg(short = 'f', long = "file", global = true, env = "COMPOSE_FILE", value_delimiter = ':')]
+    pub files: Vec<PathBuf>,
+    /// Project (stack) name.
+    #[arg(short = 'p', long = "project-name", global = true)]
+    pub project_name: Option<String>,
+    /// Project directory (default: the first file's directory).
+    #[arg(long, global = true)]
+    pub project_directory: Option<PathBuf>,
+    /// Extra environment files for interpolation.
+    #[arg(long = "env-file", global = true)]
+    pub env_files: Vec<PathBuf>,
+    /// Profiles to enable.
+    #[arg(long = "profile", global = true, env = "COMPOSE_PROFILES", value_delimiter = ',')]
+    pub profiles: Vec<String>,
+    /// The daemon's address.
+    #[arg(long, global = true, env = "FLOTILLA_HOST", default_value = DEFAULT_HOST)]
+    pub host: String,
+    /// Persistent state of the local daemon.
+    #[arg(long, global = true, env = "FLOTILLA_STATE_DIR", default_value = "/var/lib/flotilla")]
+    pub state_dir: PathBuf,
+    /// Volatile state of the local daemon (sockets, namespaces).
+    #[arg(long, global = true, env = "FLOTILLA_RUN_DIR", default_value = "/run/flotilla")]
+    pub run_dir: PathBuf,
+    /// Verbose logs.
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create and start the stack's containers.
+    Up(UpArgs),
+    /// Stop and remove the stack's containers and networks.
+    Down(DownArgs),
+    /// List the stack's containers.
+    Ps(PsArgs),
+    /// Show the stack's container output.
+    Logs(LogsArgs),
+    /// List running stacks.
+    Ls,
+    /// Show the resolved model of the Compose file(s).
+    Config(ConfigArgs),
+    /// Manage images on the nodes.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Manage the local daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
+    /// Run the daemon (manager and agent) in the foreground.
+    Server(ServerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Detached: start in the background and return.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Return when every service runs (and is healthy where checked).
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait for the stack to start.
+    #[arg(long, default_value_t = 120)]
+    pub wait_timeout: u64,
+    /// Remove services that are no longer in the file.
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Recreate containers even if their configuration is unchanged.
+    #[arg(long)]
+    pub force_recreate: bool,
+    /// Don't start linked services.
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Services to start (default: all).
+    pub services: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// Also remove named volumes.
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
+    /// Seconds to wait for containers to stop before killing them.
+    #[arg(short = 't', long)]
+    pub timeout: Option<u64>,
+    /// Remove containers of services not in the file (always done: the whole stack is removed).
+    #[arg(long)]
+    pub remove_orphans: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show stopped containers too.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// table or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Only IDs.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow new output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Lines from the end of each container's log ("all" for everything).
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// Show timestamps.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    /// Don't colour the output.
+    #[arg(long)]
+    pub no_color: bool,
+    /// Don't prefix lines with the container name.
+    #[arg(long)]
+    pub no_log_prefix: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// yaml or json.
+    #[arg(long, default_value = "yaml")]
+    pub format: String,
+    /// Only validate.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print the service names.
+    #[arg(long)]
+    pub services: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// List images.
+    Ls,
+    /// Load images from a `docker save` archive or an OCI layout tarball.
+    Load {
+        /// Read from this file instead of standard input.
+        #[arg(short = 'i', long)]
+        input: Option<PathBuf>,
+    },
+    /// Create an image from a root filesystem tarball.
+    Import {
+        /// Dockerfile instructions applied to the image (CMD, ENTRYPOINT, ENV, WORKDIR, USER, STOPSIGNAL).
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+        /// The tarball ("-" for standard input).
+        file: PathBuf,
+        /// The reference to tag it with (name[:tag]).
+        reference: String,
+    },
+    /// Remove an image.
+    Rm { reference: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DaemonCmd {
+    /// Show whether the local daemon runs.
+    Status,
+    /// Stop the local daemon (containers keep running).
+    Stop,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Parent cgroup of every container (at the root of each hierarchy).
+    #[arg(long, env = "FLOTILLA_CGROUP_PARENT", default_value = "flotilla")]
+    pub cgroup_parent: String,
+    /// Default address pool for stack networks.
+    #[arg(long, env = "FLOTILLA_ADDRESS_POOL", default_value = "10.89.0.0/16")]
+    pub address_pool: String,
+    /// Take a Raft snapshot every N applied entries.
+    #[arg(long, default_value_t = 1000)]
+    pub snapshot_every: u64,
+}

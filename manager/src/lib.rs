@@ -1,0 +1,20 @@
+//! Flotilla's replicated control plane.
+//!
+//! Everything the cluster decides is written here, through Raft: stacks,
+//! services, tasks, placement, addresses. The pieces:
+//! - [`store`]: the in-memory state every manager applies Raft entries to (pure);
+//! - [`raft`]: the raft-rs node with durable redb storage that orders writes;
+//! - [`orchestrator`]: desired tasks per service slot, dependency gates, restarts;
+//! - [`scheduler`]: task → node placement, a function over a store snapshot;
+//! - [`ipam`]: subnets, VIPs and stable per-slot addresses;
+//! - [`dispatcher`]: agent sessions (register, heartbeat, assignments, status);
+//! - [`control`]: the CLI's API.
+//!
+//! The manager never imports the runtime or the agent, and never talks to a
+//! container: it only writes desired state and reads what agents report.
+
+pub mod raft;
+pub mod store;
+pub mod ipam;
+pub mod orchestrator;
+pub mod scheduler;

@@ -1,0 +1,850 @@
+//! The executor: keeps this node's containers equal to its assignments.
+//!
+//! One loop owns the node's view of its tasks. Every change (a new
+//! assignment set, an operation finished, a container exited) re-runs the
+//! pure [`controller::step`] for every task; the work a step asks for
+//! (start, stop, remove) runs off the loop, one operation per task at a time,
+//! and reports back to the loop when done.
+//!
+//! It never decides what should run or where: that is the manager's.
+
+use crate::controller::{self, Container, Step};
+use crate::node_service::{KnownTasks, NodeService};
+use crate::process::{self, container_id};
+use crate::session::{self, Outbox, SessionConfig};
+use crate::signals;
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::node_agent_server::NodeAgentServer;
+use flotilla_runtime::container::{
+    BindMount, ContainerInfo, ContainerSpec, ContainerState, Resources, Runtime, RuntimeConfig,
+};
+use flotilla_runtime::image::ImageStore;
+use flotilla_runtime::net::{self, firewall, netns, Netlink};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Label on every container naming the task it runs (how a restarted agent
+/// re-adopts containers).
+pub const LABEL_TASK: &str = "flotilla.task.id";
+/// Label naming the stack (for humans and `ps` on the host).
+pub const LABEL_STACK: &str = "com.docker.compose.project";
+/// Label naming the service.
+pub const LABEL_SERVICE: &str = "com.docker.compose.service";
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The dispatcher's address (`unix:///run/flotilla/flotilla.sock`).
+    pub manager_addr: String,
+    /// Persistent state: images, containers, node id.
+    pub state_dir: PathBuf,
+    /// Volatile state: sockets, network namespaces.
+    pub run_dir: PathBuf,
+    /// Where this agent serves its NodeAgent service.
+    pub listen: PathBuf,
+    /// Parent cgroup of every container.
+    pub cgroup_parent: String,
+    /// The binary re-executed as `<shim_exe> shim ...`.
+    pub shim_exe: PathBuf,
+    /// The node's hostname as reported to the manager.
+    pub hostname: String,
+}
+
+/// Errors starting the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("opening the image store at {path}: {source}")]
+    Images {
+        path: PathBuf,
+        #[source]
+        source: flotilla_runtime::image::ImageError,
+    },
+    #[error("opening the container runtime at {path}: {source}")]
+    Runtime {
+        path: PathBuf,
+        #[source]
+        source: flotilla_runtime::container::ContainerError,
+    },
+    #[error("serving the node agent API on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: flotilla_proto::transport::TransportError,
+    },
+    #[error("connecting to netlink: {0}")]
+    Netlink(#[source] net::NetError),
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// Stops the agent's loops. Containers keep running: their shims own
+    /// them, and the next agent re-adopts them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// The agent.
+pub struct Agent;
+
+impl Agent {
+    /// Opens the node's runtime, serves the NodeAgent API, and starts the
+    /// dispatcher session and the executor loop.
+    pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
+        let images_dir = cfg.state_dir.join("images");
+        let images = ImageStore::open(&images_dir).map_err(|source| AgentError::Images {
+            path: images_dir.clone(),
+            source,
+        })?;
+        let containers_dir = cfg.state_dir.join("containers");
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: containers_dir.clone(),
+            run_dir: cfg.run_dir.clone(),
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            shim_exe: cfg.shim_exe.clone(),
+        })
+        .map_err(|source| AgentError::Runtime {
+            path: containers_dir,
+            source,
+        })?;
+        let netlink = Netlink::connect().await.map_err(AgentError::Netlink)?;
+        let host_networks = netlink.host_routes().await.unwrap_or_default();
+        let images = Arc::new(images);
+        let runtime = Arc::new(runtime);
+        let known: KnownTasks = Arc::new(Mutex::new(HashMap::new()));
+        let node_id_file = cfg.state_dir.join("node-id");
+        let node_id = Arc::new(Mutex::new(session::read_node_id(&node_id_file)));
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let incoming = flotilla_proto::transport::bind_unix(&cfg.listen).map_err(|source| {
+            AgentError::Listen {
+                path: cfg.listen.clone(),
+                source,
+            }
+        })?;
+        let service = NodeService {
+            node_id: node_id.clone(),
+            hostname: cfg.hostname.clone(),
+            images: images.clone(),
+            runtime: runtime.clone(),
+            tasks: known.clone(),
+            tmp_dir: cfg.state_dir.join("tmp"),
+        };
+        let mut stop_srv = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(NodeAgentServer::new(service).max_decoding_message_size(64 << 20))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_srv.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("node agent API stopped: {e}");
+            }
+        }));
+
+        let outbox = Arc::new(Outbox::default());
+        let (assign_tx, assign_rx) = mpsc::channel(16);
+        let session_cfg = SessionConfig {
+            manager_addr: cfg.manager_addr.clone(),
+            agent_addr: format!("unix://{}", cfg.listen.display()),
+            node_id_file,
+            description: pb::NodeDescription {
+                hostname: cfg.hostname.clone(),
+                platform: Some(pb::Platform {
+                    os: std::env::consts::OS.into(),
+                    architecture: std::env::consts::ARCH.into(),
+                }),
+                nano_cpus: std::thread::available_parallelism()
+                    .map(|n| n.get() as i64 * 1_000_000_000)
+                    .unwrap_or(0),
+                memory_bytes: total_memory(),
+                engine_version: env!("CARGO_PKG_VERSION").into(),
+                labels: Default::default(),
+                host_networks,
+            },
+        };
+        tasks.push(tokio::spawn(session::run(
+            session_cfg,
+            node_id,
+            assign_tx,
+            outbox.clone(),
+            stop_rx.clone(),
+        )));
+
+        let exec = Executor {
+            cfg: Arc::new(cfg),
+            runtime,
+            images,
+            netlink: Arc::new(netlink),
+            outbox,
+            known,
+            entries: HashMap::new(),
+            networks: HashMap::new(),
+            services: Vec::new(),
+            live_networks: HashSet::new(),
+            have_assignments: false,
+        };
+        tasks.push(tokio::spawn(exec.run(assign_rx, stop_rx)));
+        Ok(AgentHandle {
+            stop: stop_tx,
+            tasks,
+        })
+    }
+}
+
+fn total_memory() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// What happened, as seen by the executor loop.
+enum Event {
+    /// An operation on a task finished.
+    Done {
+        task_id: String,
+        container: Container,
+        status: Option<pb::TaskStatus>,
+    },
+    /// A container's process exited.
+    Exited { task_id: String, info: ContainerInfo },
+    /// A removed task's container and endpoint are gone.
+    Removed { task_id: String },
+}
+
+struct Entry {
+    task: pb::Task,
+    reported: Option<pb::TaskState>,
+    status: pb::TaskStatus,
+    container: Container,
+    busy: bool,
+    /// Still in the latest assignment set.
+    assigned: bool,
+}
+
+struct Executor {
+    cfg: Arc<AgentConfig>,
+    runtime: Arc<Runtime>,
+    images: Arc<ImageStore>,
+    netlink: Arc<Netlink>,
+    outbox: Arc<Outbox>,
+    known: KnownTasks,
+    entries: HashMap<String, Entry>,
+    networks: HashMap<String, pb::Network>,
+    services: Vec<pb::Service>,
+    /// Networks whose bridge and rules this agent set up.
+    live_networks: HashSet<String>,
+    have_assignments: bool,
+}
+
+fn container_state(info: &ContainerInfo) -> Container {
+    match info.state {
+        ContainerState::Running | ContainerState::Paused => Container::Running,
+        ContainerState::Exited => Container::Exited {
+            code: info.exit_code.unwrap_or(-1),
+            oom: info.oom_killed,
+        },
+        // Created-but-not-started after a crash mid-create: treat as gone so
+        // it is removed and made again.
+        ContainerState::Created | ContainerState::Unknown => Container::Exited {
+            code: -1,
+            oom: false,
+        },
+    }
+}
+
+impl Executor {
+    async fn run(
+        mut self,
+        mut assignments: mpsc::Receiver<pb::AssignmentSet>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(256);
+        // Re-adopt the containers our shims still own.
+        let adopted = {
+            let rt = self.runtime.clone();
+            tokio::task::spawn_blocking(move || rt.list())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default()
+        };
+        let mut adopted: HashMap<String, ContainerInfo> = adopted
+            .into_iter()
+            .filter_map(|c| c.labels.get(LABEL_TASK).cloned().map(|t| (t, c)))
+            .collect();
+        tracing::info!(count = adopted.len(), "re-adopted containers");
+
+        loop {
+            tokio::select! {
+                set = assignments.recv() => {
+                    let Some(set) = set else { return };
+                    self.apply_assignments(set, &mut adopted, &ev_tx);
+                }
+                ev = ev_rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    self.apply_event(ev, &ev_tx);
+                }
+                _ = stop.changed() => return,
+            }
+            self.reconcile(&ev_tx);
+        }
+    }
+
+    fn apply_assignments(
+        &mut self,
+        set: pb::AssignmentSet,
+        adopted: &mut HashMap<String, ContainerInfo>,
+        ev_tx: &mpsc::Sender<Event>,
+    ) {
+        self.have_assignments = true;
+        self.networks = set
+            .networks
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        self.services = set.services;
+        for e in self.entries.values_mut() {
+            e.assigned = false;
+        }
+        for task in set.tasks {
+            match self.entries.get_mut(&task.id) {
+                Some(e) => {
+                    e.task = task;
+                    e.assigned = true;
+                }
+                None => {
+                    let (container, watch) = match adopted.remove(&task.id) {
+                        Some(info) => {
+                            let c = container_state(&info);
+                            (c, c == Container::Running)
+                        }
+                        None => (Container::Absent, false),
+                    };
+                    if watch {
+                        self.watch_exit(&task.id, ev_tx);
+                    }
+                    let status = task.status.clone().unwrap_or_default();
+                    self.entries.insert(
+                        task.id.clone(),
+                        Entry {
+                            task,
+                            reported: None,
+                            status,
+                            container,
+                            busy: false,
+                            assigned: true,
+                        },
+                    );
+                }
+            }
+        }
+        // Containers of tasks the manager no longer knows: remove them.
+        for (task_id, info) in adopted.drain() {
+            tracing::info!(task = %task_id, container = %info.id, "removing orphaned container");
+            self.spawn_remove(task_id, ev_tx);
+        }
+        if let Ok(mut k) = self.known.lock() {
+            *k = self
+                .entries
+                .values()
+                .map(|e| (e.task.id.clone(), e.task.clone()))
+                .collect();
+        }
+    }
+
+    fn apply_event(&mut self, ev: Event, ev_tx: &mpsc::Sender<Event>) {
+        match ev {
+            Event::Done {
+                task_id,
+                container,
+                status,
+            } => {
+                if let Some(e) = self.entries.get_mut(&task_id) {
+                    e.busy = false;
+                    e.container = container;
+                    if let Some(s) = status {
+                        e.reported = Some(s.state());
+                        e.status = s.clone();
+                        self.outbox.push(&task_id, s);
+                    }
+                    if container == Container::Running {
+                        self.watch_exit(&task_id, ev_tx);
+                    }
+                }
+            }
+            Event::Exited { task_id, info } => {
+                if let Some(e) = self.entries.get_mut(&task_id) {
+                    e.container = container_state(&info);
+                    e.status.exit_code = info.exit_code;
+                    e.status.oom_killed = info.oom_killed;
+                    if let Some(t) = info.finished_at {
+                        e.status.finished_at = Some(pb::Timestamp::from_system(t));
+                    }
+                }
+            }
+            Event::Removed { task_id } => {
+                self.entries.remove(&task_id);
+                self.outbox.forget(&task_id);
+            }
+        }
+    }
+
+    fn reconcile(&mut self, ev_tx: &mpsc::Sender<Event>) {
+        let ids: Vec<String> = self.entries.keys().cloned().collect();
+        for id in ids {
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if e.busy {
+                continue;
+            }
+            if !e.assigned {
+                e.busy = true;
+                self.spawn_remove(id.clone(), ev_tx);
+                continue;
+            }
+            match controller::step(&e.task, e.reported, e.container) {
+                Step::Wait => {}
+                Step::Report(state, code) => {
+                    let mut s = e.status.clone();
+                    s.state = state as i32;
+                    s.timestamp = Some(pb::Timestamp::now());
+                    if code.is_some() {
+                        s.exit_code = code;
+                    }
+                    if state.is_terminal() {
+                        s.pid = 0;
+                        if s.finished_at.is_none() {
+                            s.finished_at = Some(pb::Timestamp::now());
+                        }
+                        s.message = match (state, s.exit_code) {
+                            (pb::TaskState::Failed, None) => "container disappeared".into(),
+                            (_, Some(c)) => format!("exited with code {c}"),
+                            _ => "shut down".into(),
+                        };
+                    }
+                    e.reported = Some(state);
+                    e.status = s.clone();
+                    self.outbox.push(&id, s);
+                }
+                Step::Start => {
+                    e.busy = true;
+                    let mut s = e.status.clone();
+                    s.state = pb::TaskState::Preparing as i32;
+                    s.timestamp = Some(pb::Timestamp::now());
+                    s.message = "preparing".into();
+                    e.reported = Some(pb::TaskState::Preparing);
+                    e.status = s.clone();
+                    self.outbox.push(&id, s);
+                    self.spawn_start(id.clone(), ev_tx);
+                }
+                Step::Stop => {
+                    e.busy = true;
+                    self.spawn_stop(id.clone(), ev_tx);
+                }
+            }
+        }
+        self.teardown_unused_networks();
+    }
+
+    fn watch_exit(&self, task_id: &str, ev_tx: &mpsc::Sender<Event>) {
+        let rt = self.runtime.clone();
+        let cid = container_id(task_id);
+        let tx = ev_tx.clone();
+        let task_id = task_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(info) = rt.wait(&cid, None) {
+                let _ = tx.blocking_send(Event::Exited { task_id, info });
+            }
+        });
+    }
+
+    fn spawn_start(&mut self, task_id: String, ev_tx: &mpsc::Sender<Event>) {
+        let Some(e) = self.entries.get(&task_id) else {
+            return;
+        };
+        let task = e.task.clone();
+        let mut status = e.status.clone();
+        let networks: Vec<pb::Network> = task
+            .networks
+            .iter()
+            .filter_map(|a| self.networks.get(&a.network_id).cloned())
+            .collect();
+        for n in &networks {
+            self.live_networks.insert(n.id.clone());
+        }
+        let services = self.services.clone();
+        let ctx = self.op_context();
+        let tx = ev_tx.clone();
+        tokio::spawn(async move {
+            let span = tracing::info_span!("start", stack = %task.stack, service = %task.service_name, task = %task.id);
+            let _g = span.enter();
+            let (container, state, result) = match start_task(&ctx, &task, &networks, &services).await
+            {
+                Ok(info) => {
+                    status.container_id = info.id.clone();
+                    status.pid = info.pid.unwrap_or(0);
+                    status.started_at = info.started_at.map(pb::Timestamp::from_system);
+                    status.message = "started".into();
+                    status.err.clear();
+                    (Container::Running, pb::TaskState::Running, Ok(()))
+                }
+                Err(StartError::Rejected(msg)) => {
+                    (Container::Absent, pb::TaskState::Rejected, Err(msg))
+                }
+                Err(StartError::Failed(msg)) => (Container::Absent, pb::TaskState::Failed, Err(msg)),
+            };
+            if let Err(msg) = result {
+                tracing::warn!("task failed to start: {msg}");
+                status.err = msg.clone();
+                status.message = msg;
+            }
+            status.state = state as i32;
+            status.timestamp = Some(pb::Timestamp::now());
+            let _ = tx
+                .send(Event::Done {
+                    task_id: task.id.clone(),
+                    container,
+                    status: Some(status),
+                })
+                .await;
+        });
+    }
+
+    fn spawn_stop(&self, task_id: String, ev_tx: &mpsc::Sender<Event>) {
+        let Some(e) = self.entries.get(&task_id) else {
+            return;
+        };
+        let spec = e.task.spec.clone().unwrap_or_default();
+        let signal = signals::stop_signal(&spec.stop_signal);
+        let grace = Duration::from_millis(spec.stop_grace_period_ms.unwrap_or(10_000));
+        let rt = self.runtime.clone();
+        let tx = ev_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let cid = container_id(&task_id);
+            let container = match rt.stop(&cid, signal, grace) {
+                Ok(info) => container_state(&info),
+                Err(e) => {
+                    tracing::warn!(task = %task_id, "stopping container: {e}");
+                    match rt.inspect(&cid) {
+                        Ok(info) => container_state(&info),
+                        Err(_) => Container::Absent,
+                    }
+                }
+            };
+            let _ = tx.blocking_send(Event::Done {
+                task_id,
+                container,
+                status: None,
+            });
+        });
+    }
+
+    fn spawn_remove(&self, task_id: String, ev_tx: &mpsc::Sender<Event>) {
+        let ctx = self.op_context();
+        let tx = ev_tx.clone();
+        tokio::spawn(async move {
+            remove_task(&ctx, &task_id).await;
+            let _ = tx.send(Event::Removed { task_id }).await;
+        });
+    }
+
+    fn op_context(&self) -> OpContext {
+        OpContext {
+            cfg: self.cfg.clone(),
+            runtime: self.runtime.clone(),
+            images: self.images.clone(),
+            netlink: self.netlink.clone(),
+        }
+    }
+
+    /// Removes the bridge and rules of networks no task here uses any more.
+    fn teardown_unused_networks(&mut self) {
+        let used: HashSet<&str> = self
+            .entries
+            .values()
+            .flat_map(|e| e.task.networks.iter().map(|n| n.network_id.as_str()))
+            .collect();
+        let unused: Vec<String> = self
+            .live_networks
+            .iter()
+            .filter(|n| !used.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for id in unused {
+            self.live_networks.remove(&id);
+            let bridge = bridge_name(&id, self.networks.get(&id));
+            let nl = self.netlink.clone();
+            tokio::spawn(async move {
+                if let Err(e) = firewall::remove_network(&bridge) {
+                    tracing::warn!(network = %id, "removing firewall rules: {e}");
+                }
+                if let Err(e) = nl.delete_link(&bridge).await {
+                    tracing::warn!(network = %id, "removing bridge {bridge}: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// The bridge for a network: the manager's choice, else derived from the id
+/// (a network the manager already deleted).
+fn bridge_name(id: &str, net: Option<&pb::Network>) -> String {
+    match net {
+        Some(n) if !n.bridge.is_empty() => n.bridge.clone(),
+        _ => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut h);
+            format!("flt-{:010x}", h.finish() & 0xff_ffff_ffff)
+        }
+    }
+}
+
+#[derive(Clone)]
+struct OpContext {
+    cfg: Arc<AgentConfig>,
+    runtime: Arc<Runtime>,
+    images: Arc<ImageStore>,
+    netlink: Arc<Netlink>,
+}
+
+impl OpContext {
+    fn netns_dir(&self) -> PathBuf {
+        self.cfg.run_dir.join("netns")
+    }
+    fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(task_id)
+    }
+}
+
+enum StartError {
+    /// The task can never run here (image missing, bad spec).
+    Rejected(String),
+    /// It tried and failed (the process could not start).
+    Failed(String),
+}
+
+fn short(task_id: &str) -> String {
+    container_id(task_id)[..12].to_string()
+}
+
+async fn start_task(
+    ctx: &OpContext,
+    task: &pb::Task,
+    networks: &[pb::Network],
+    services: &[pb::Service],
+) -> Result<ContainerInfo, StartError> {
+    let spec = task.spec.clone().unwrap_or_default();
+    let image_ref = if spec.image_digest.is_empty() {
+        spec.image.clone()
+    } else {
+        spec.image_digest.clone()
+    };
+
+    // Image.
+    let store = ctx.images.clone();
+    let r = image_ref.clone();
+    let (image, layers) = tokio::task::spawn_blocking(move || {
+        let image = store
+            .resolve(&r)
+            .map_err(|e| StartError::Rejected(format!("resolving image {r}: {e}")))?
+            .ok_or_else(|| {
+                StartError::Rejected(format!(
+                    "image {r} not found on this node (load it with `flotilla image load` or `flotilla image import`)"
+                ))
+            })?;
+        let layers = store
+            .layer_dirs(&image)
+            .map_err(|e| StartError::Rejected(format!("unpacking image {r}: {e}")))?;
+        Ok::<_, StartError>((image, layers))
+    })
+    .await
+    .map_err(|e| StartError::Failed(format!("image worker: {e}")))??;
+
+    let hostname = process::hostname(task);
+    let proc_ = process::resolve(
+        &spec,
+        &crate::images::config_to_proto(&image.config),
+        &hostname,
+    )
+    .map_err(|e| StartError::Rejected(e.to_string()))?;
+
+    // Network endpoint: a netns with one veth per attached network.
+    let netns_name = short(&task.id);
+    let netns_dir = ctx.netns_dir();
+    // A half-made namespace from a crash mid-create is replaced.
+    let _ = netns::remove(&netns_dir, &netns_name);
+    let netns_path = netns::create(&netns_dir, &netns_name)
+        .map_err(|e| StartError::Failed(format!("creating network namespace: {e}")))?;
+    let setup = setup_endpoint(ctx, task, networks, &netns_path).await;
+    if let Err(msg) = setup {
+        let _ = netns::remove(&netns_dir, &netns_name);
+        return Err(StartError::Failed(msg));
+    }
+
+    // Files the container sees as /etc/hosts, /etc/hostname, /etc/resolv.conf.
+    let dir = ctx.task_dir(&task.id);
+    let files = write_task_files(&dir, task, services, &hostname, &spec)
+        .map_err(|e| StartError::Failed(format!("writing {}: {e}", dir.display())))?;
+
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_TASK.to_string(), task.id.clone());
+    labels.insert(LABEL_STACK.to_string(), task.stack.clone());
+    labels.insert(LABEL_SERVICE.to_string(), task.service_name.clone());
+    let limits = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    let cspec = ContainerSpec {
+        id: container_id(&task.id),
+        hostname,
+        layers,
+        args: proc_.args,
+        env: proc_.env,
+        cwd: proc_.cwd,
+        user: proc_.user,
+        netns: Some(netns_path),
+        mounts: files,
+        labels,
+        resources: Resources {
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: limits.pids,
+        },
+    };
+    let rt = ctx.runtime.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        // A leftover container of the same task (crash mid-create) goes first.
+        let _ = rt.remove(&cspec.id);
+        rt.create(&cspec)
+    })
+    .await
+    .map_err(|e| StartError::Failed(format!("runtime worker: {e}")))?;
+    match created {
+        Ok(info) => Ok(info),
+        Err(e) => {
+            let _ = netns::remove(&netns_dir, &netns_name);
+            Err(StartError::Failed(e.to_string()))
+        }
+    }
+}
+
+async fn setup_endpoint(
+    ctx: &OpContext,
+    task: &pb::Task,
+    networks: &[pb::Network],
+    netns_path: &Path,
+) -> Result<(), String> {
+    for (i, att) in task.networks.iter().enumerate() {
+        let Some(net) = networks.iter().find(|n| n.id == att.network_id) else {
+            return Err(format!("network {} is not known to this node", att.network_id));
+        };
+        let Some(addr) = att.addresses.first() else {
+            return Err(format!("no address allocated on network {}", net.id));
+        };
+        let bridge = bridge_name(&net.id, Some(net));
+        let prefix = net.subnet.split('/').nth(1).unwrap_or("24");
+        ctx.netlink
+            .ensure_bridge(&bridge, &format!("{}/{prefix}", net.gateway), None)
+            .await
+            .map_err(|e| format!("setting up bridge {bridge} for network {}: {e}", net.id))?;
+        let internal = net.spec.as_ref().is_some_and(|s| s.internal);
+        firewall::ensure_base().map_err(|e| format!("setting up firewall: {e}"))?;
+        firewall::add_network(&bridge, &net.subnet, internal)
+            .map_err(|e| format!("firewall rules for network {}: {e}", net.id))?;
+        let host_if = format!("vf{}{}", &short(&task.id)[..10], i);
+        let mac = if att.mac_address.is_empty() {
+            process::strip_prefix_len(addr)
+                .parse()
+                .map(net::mac_for)
+                .unwrap_or_default()
+        } else {
+            att.mac_address.clone()
+        };
+        // Only the first network carries the default route.
+        let gateway = if i == 0 { net.gateway.as_str() } else { "" };
+        ctx.netlink
+            .attach(&bridge, &host_if, netns_path, addr, gateway, &mac)
+            .await
+            .map_err(|e| format!("attaching to network {}: {e}", net.id))?;
+    }
+    Ok(())
+}
+
+fn write_task_files(
+    dir: &Path,
+    task: &pb::Task,
+    services: &[pb::Service],
+    hostname: &str,
+    spec: &pb::ServiceSpec,
+) -> std::io::Result<Vec<BindMount>> {
+    std::fs::create_dir_all(dir)?;
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, process::hosts_file(task, services))?;
+    let hostname_file = dir.join("hostname");
+    std::fs::write(&hostname_file, format!("{hostname}\n"))?;
+    let resolv = dir.join("resolv.conf");
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(
+        &resolv,
+        process::resolv_conf(&host_resolv, &spec.dns, &spec.dns_search),
+    )?;
+    Ok(vec![
+        BindMount {
+            source: hosts,
+            target: "/etc/hosts".into(),
+            read_only: false,
+        },
+        BindMount {
+            source: hostname_file,
+            target: "/etc/hostname".into(),
+            read_only: false,
+        },
+        BindMount {
+            source: resolv,
+            target: "/etc/resolv.conf".into(),
+            read_only: false,
+        },
+    ])
+}
+
+async fn remove_task(ctx: &OpContext, task_id: &str) {
+    let rt = ctx.runtime.clone();
+    let cid = container_id(task_id);
+    let tid = task_id.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = rt.remove(&cid) {
+            tracing::debug!(task = %tid, "removing container: {e}");
+        }
+    })
+    .await;
+    if let Err(e) = netns::remove(&ctx.netns_dir(), &short(task_id)) {
+        tracing::warn!(task = %task_id, "removing network namespace: {e}");
+    }
+    let _ = std::fs::remove_dir_all(ctx.task_dir(task_id));
+}

@@ -1,0 +1,728 @@
+//! The node-local container lifecycle: create, inspect, signal, wait, stop
+//! and remove containers, each owned by its own shim process.
+//!
+//! Layout on disk, per container:
+//! - `<state_dir>/<id>/meta.json`: the [`ContainerSpec`] and labels (versioned);
+//! - `<state_dir>/<id>/status.json`: what the shim last knew (state, pid, exit);
+//! - `<state_dir>/<id>/<id>-json.log`: output, Docker json-file format;
+//! - `<state_dir>/<id>/{upper,work,bundle}`: overlay dirs and the OCI bundle
+//!   (`bundle/rootfs` is the overlay mount);
+//! - `<state_dir>/<id>/shim.json`, `shim.log`: the shim's input and its stderr;
+//! - `<run_dir>/shims/<id>.sock`: the shim's socket;
+//! - `<run_dir>/libcontainer/<id>`: libcontainer's own state.
+//!
+//! A [`Runtime`] holds no state of its own: a new one in a new process (an
+//! agent after a restart) finds every container in `state_dir` and talks to
+//! the shims that are still there.
+//!
+//! What it must never do: kill or touch containers it did not create (it only
+//! acts on ids under its own state dir), or hold a container's life in the
+//! calling process (the shim owns it, so the caller may die at any time).
+
+mod rootfs;
+mod spec;
+mod user;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+
+use crate::shim::protocol::{self, CallError, Request, Response, ShimConfig, ShimStatus};
+pub use rootfs::is_mounted;
+
+/// How long `create` waits for the shim's ready report.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a state or kill request may take before the shim counts as hung.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The version of `meta.json` this code writes and reads.
+const META_VERSION: u32 = 1;
+/// `sun_path` is 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// e.g. /var/lib/flotilla/containers: one directory per container.
+    pub state_dir: PathBuf,
+    /// e.g. /run/flotilla: shim sockets and libcontainer's state root.
+    pub run_dir: PathBuf,
+    /// cgroup parent under the root of each hierarchy (default "flotilla").
+    pub cgroup_parent: String,
+    /// Binary re-executed as `<shim_exe> shim run <container dir>`.
+    pub shim_exe: PathBuf,
+}
+
+impl RuntimeConfig {
+    pub fn new(state_dir: PathBuf, run_dir: PathBuf, shim_exe: PathBuf) -> Self {
+        RuntimeConfig {
+            state_dir,
+            run_dir,
+            cgroup_parent: "flotilla".into(),
+            shim_exe,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: Option<i64>,
+    /// CPU limit in units of 1e-9 CPUs (Docker's `NanoCPUs`).
+    pub nano_cpus: Option<i64>,
+    pub pids_limit: Option<i64>,
+}
+
+/// Everything needed to run one container, fully resolved by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub hostname: String,
+    /// Read-only layer directories, bottom-most first.
+    pub layers: Vec<PathBuf>,
+    /// Resolved argv (entrypoint + command).
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Working directory inside the container; "" means "/".
+    pub cwd: String,
+    /// "", "name", "uid", "uid:gid", "name:group" (resolved against the image's /etc files).
+    pub user: String,
+    /// Join this (bind-mounted) network namespace; None: a new one with only lo.
+    pub netns: Option<PathBuf>,
+    pub mounts: Vec<BindMount>,
+    /// Stored with the container so a restarted agent can re-adopt it.
+    pub labels: BTreeMap<String, String>,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Exited,
+    /// The shim is gone while the container was running: nobody knows.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+    /// Host pid of the container's init.
+    pub pid: Option<i32>,
+    /// Exit code; a death by signal N is 128+N, as in Docker.
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub created_at: Option<SystemTime>,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    pub shim_pid: Option<i32>,
+    pub log_path: PathBuf,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("container {id} already exists")]
+    AlreadyExists { id: String },
+    #[error("no such container: {id}")]
+    NotFound { id: String },
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("preparing container {id}: {message}")]
+    Prepare { id: String, message: String },
+    #[error("starting the shim ({}) for container {id}: {source}", exe.display())]
+    SpawnShim {
+        id: String,
+        exe: PathBuf,
+        source: io::Error,
+    },
+    #[error("container {id} failed to start: {message}")]
+    Start { id: String, message: String },
+    #[error("talking to the shim of container {id}: {message}")]
+    Shim { id: String, message: String },
+    #[error("the shim of container {id} is gone; the container's state is unknown")]
+    ShimGone { id: String },
+    #[error("timed out waiting for container {id} to exit")]
+    Timeout { id: String },
+    #[error("removing container {id}: {message}")]
+    Remove { id: String, message: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    version: u32,
+    id: String,
+    created_at: SystemTime,
+    spec: ContainerSpec,
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ContainerError {
+    let path = path.to_owned();
+    move |source| ContainerError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), ContainerError> {
+    let bad = |reason| {
+        Err(ContainerError::InvalidId {
+            id: id.to_string(),
+            reason,
+        })
+    };
+    if id.is_empty() || id.len() > 128 {
+        return bad("must be 1 to 128 characters");
+    }
+    if !id.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return bad("may contain only letters, digits, '_', '.' and '-'");
+    }
+    Ok(())
+}
+
+/// The node's container runtime. Cheap to construct; holds no live state.
+#[derive(Debug)]
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    cgroups: rootfs::CgroupMounts,
+}
+
+impl Runtime {
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, ContainerError> {
+        let mut cfg = cfg;
+        for dir in [&cfg.state_dir, &cfg.run_dir] {
+            std::fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+        }
+        cfg.state_dir = std::fs::canonicalize(&cfg.state_dir)
+            .map_err(io_err("resolving state dir", &cfg.state_dir))?;
+        cfg.run_dir = std::fs::canonicalize(&cfg.run_dir)
+            .map_err(io_err("resolving run dir", &cfg.run_dir))?;
+        for sub in ["shims", "libcontainer"] {
+            let d = cfg.run_dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(io_err("creating directory", &d))?;
+        }
+        let cgroups = rootfs::CgroupMounts::detect()
+            .map_err(io_err("reading cgroup mounts from", Path::new("/proc/self/mountinfo")))?;
+        Ok(Runtime { cfg, cgroups })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join(id)
+    }
+
+    fn socket(&self, id: &str) -> PathBuf {
+        self.cfg.run_dir.join("shims").join(format!("{id}.sock"))
+    }
+
+    fn libcontainer_root(&self) -> PathBuf {
+        self.cfg.run_dir.join("libcontainer")
+    }
+
+    fn cgroup_rel(&self, id: &str) -> String {
+        format!("/{}/{id}", self.cfg.cgroup_parent.trim_matches('/'))
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join(format!("{id}-json.log"))
+    }
+
+    /// The container's root filesystem mount point on the host.
+    pub fn rootfs_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("bundle").join("rootfs")
+    }
+
+    /// Every cgroup directory the container may have (one per hierarchy),
+    /// whether or not it exists right now.
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.cgroups.container_dirs(&self.cgroup_rel(id))
+    }
+
+    /// Blocking. Builds the overlay rootfs and OCI bundle, spawns the shim and
+    /// returns once the container runs, or with the error it failed with.
+    pub fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, ContainerError> {
+        let id = spec.id.as_str();
+        validate_id(id)?;
+        let socket = self.socket(id);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ContainerError::Prepare {
+                id: id.into(),
+                message: format!(
+                    "shim socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter run_dir or id",
+                    socket.display()
+                ),
+            });
+        }
+        let dir = self.dir(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ContainerError::AlreadyExists { id: id.into() })
+            }
+            Err(e) => return Err(io_err("creating container directory", &dir)(e)),
+        }
+        let mut guard = CreateGuard {
+            rt: self,
+            id,
+            armed: true,
+        };
+
+        let meta = Meta {
+            version: META_VERSION,
+            id: id.into(),
+            created_at: SystemTime::now(),
+            spec: spec.clone(),
+        };
+        write_json(&dir.join("meta.json"), &meta)?;
+
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(d).map_err(io_err("creating directory", d))?;
+        }
+        let prepare = |message: String| ContainerError::Prepare {
+            id: id.into(),
+            message,
+        };
+        let layers = if spec.layers.is_empty() {
+            let empty = dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(io_err("creating directory", &empty))?;
+            vec![empty]
+        } else {
+            spec.layers.clone()
+        };
+        rootfs::mount_overlay(&layers, &upper, &work, &rootfs).map_err(prepare)?;
+
+        let user = user::resolve(&rootfs, &spec.user).map_err(prepare)?;
+        let oci = spec::build(spec, &user, &self.cgroup_rel(id)).map_err(prepare)?;
+        let cfg_path = bundle.join("config.json");
+        oci.save(&cfg_path)
+            .map_err(|e| prepare(format!("writing {}: {e}", cfg_path.display())))?;
+
+        let shim_cfg = ShimConfig {
+            id: id.into(),
+            bundle: bundle.clone(),
+            libcontainer_root: self.libcontainer_root(),
+            socket,
+            log_path: self.log_path(id),
+            status_path: dir.join("status.json"),
+            oom_files: self.cgroups.oom_files(&self.cgroup_rel(id)),
+        };
+        write_json(&dir.join("shim.json"), &shim_cfg)?;
+
+        let ready = self.spawn_shim(id, &dir)?;
+        match ready {
+            Response {
+                ok: true,
+                status: Some(status),
+                ..
+            } => {
+                guard.armed = false;
+                Ok(self.info_from(&meta, Some(status), None))
+            }
+            other => Err(ContainerError::Start {
+                id: id.into(),
+                message: other
+                    .error
+                    .unwrap_or_else(|| "the shim reported no status".into()),
+            }),
+        }
+    }
+
+    fn spawn_shim(&self, id: &str, dir: &Path) -> Result<Response, ContainerError> {
+        let shim_log = dir.join("shim.log");
+        let stderr = File::create(&shim_log).map_err(io_err("creating", &shim_log))?;
+        let spawn_err = |source| ContainerError::SpawnShim {
+            id: id.into(),
+            exe: self.cfg.shim_exe.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.cfg.shim_exe)
+            .arg("shim")
+            .arg("run")
+            .arg(dir)
+            // The shim outlives us: give it nothing of ours it could keep
+            // (LISTEN_FDS would even be passed on to the container).
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(spawn_err)?;
+        let stdout = child.stdout.take();
+        // The first shim process only forks the real one and exits.
+        let _ = child.wait();
+        let start_err = |message: String| ContainerError::Start {
+            id: id.into(),
+            message,
+        };
+        let Some(mut stdout) = stdout else {
+            return Err(start_err("the shim's stdout was not captured".into()));
+        };
+        let line = read_line_with_timeout(&mut stdout, START_TIMEOUT)
+            .map_err(|e| start_err(format!("reading the shim's ready report: {e}")))?;
+        if line.trim().is_empty() {
+            let log = std::fs::read_to_string(&shim_log).unwrap_or_default();
+            return Err(start_err(format!(
+                "the shim exited without a report; its stderr: {}",
+                log.trim()
+            )));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| start_err(format!("bad ready report {line:?}: {e}")))
+    }
+
+    fn load_meta(&self, id: &str) -> Result<Meta, ContainerError> {
+        validate_id(id).map_err(|_| ContainerError::NotFound { id: id.into() })?;
+        let path = self.dir(id).join("meta.json");
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContainerError::NotFound { id: id.into() })
+            }
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        let meta: Meta = serde_json::from_slice(&data).map_err(|e| ContainerError::Prepare {
+            id: id.into(),
+            message: format!("parsing {}: {e}", path.display()),
+        })?;
+        if meta.version > META_VERSION {
+            return Err(ContainerError::Prepare {
+                id: id.into(),
+                message: format!(
+                    "{} has format version {}, newer than this flotilla understands ({META_VERSION})",
+                    path.display(),
+                    meta.version
+                ),
+            });
+        }
+        Ok(meta)
+    }
+
+    fn read_status_file(&self, id: &str) -> Option<ShimStatus> {
+        let data = std::fs::read(self.dir(id).join("status.json")).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    fn info_from(&self, meta: &Meta, status: Option<ShimStatus>, error: Option<String>) -> ContainerInfo {
+        let s = status.unwrap_or(ShimStatus {
+            state: ContainerState::Unknown,
+            pid: None,
+            shim_pid: None,
+            exit_code: None,
+            oom_killed: false,
+            started_at: None,
+            finished_at: None,
+            error: None,
+        });
+        ContainerInfo {
+            id: meta.id.clone(),
+            labels: meta.spec.labels.clone(),
+            state: s.state,
+            pid: s.pid,
+            exit_code: s.exit_code,
+            oom_killed: s.oom_killed,
+            created_at: Some(meta.created_at),
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            shim_pid: s.shim_pid,
+            log_path: self.log_path(&meta.id),
+            error: error.or(s.error),
+        }
+    }
+
+    fn call(
+        &self,
+        id: &str,
+        req: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<Result<ShimStatus, String>, CallError> {
+        let resp = protocol::call(&self.socket(id), req, timeout)?;
+        Ok(match resp {
+            Response {
+                ok: true,
+                status: Some(s),
+                ..
+            } => Ok(s),
+            r => Err(r.error.unwrap_or_else(|| "the shim answered without a status".into())),
+        })
+    }
+
+    fn shim_err(id: &str, e: CallError) -> ContainerError {
+        match e {
+            CallError::Unavailable => ContainerError::ShimGone { id: id.into() },
+            CallError::Timeout => ContainerError::Shim {
+                id: id.into(),
+                message: "no answer in time".into(),
+            },
+            CallError::Io(e) => ContainerError::Shim {
+                id: id.into(),
+                message: e.to_string(),
+            },
+            CallError::BadResponse(m) => ContainerError::Shim {
+                id: id.into(),
+                message: m,
+            },
+        }
+    }
+
+    /// Every container in the state dir, running or exited.
+    pub fn list(&self) -> Result<Vec<ContainerInfo>, ContainerError> {
+        let dir = &self.cfg.state_dir;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+            let entry = entry.map_err(io_err("listing", dir))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !entry.path().join("meta.json").exists() {
+                continue;
+            }
+            match self.inspect(&id) {
+                Ok(info) => out.push(info),
+                // Removed while we were listing.
+                Err(ContainerError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    pub fn inspect(&self, id: &str) -> Result<ContainerInfo, ContainerError> {
+        let meta = self.load_meta(id)?;
+        match self.call(id, &Request::State, Some(CALL_TIMEOUT)) {
+            Ok(Ok(status)) => Ok(self.info_from(&meta, Some(status), None)),
+            Ok(Err(msg)) => Err(ContainerError::Shim {
+                id: id.into(),
+                message: msg,
+            }),
+            Err(CallError::Unavailable) => Ok(self.offline_info(&meta)),
+            Err(e) => Err(Self::shim_err(id, e)),
+        }
+    }
+
+    /// What the status file says when no shim answers.
+    fn offline_info(&self, meta: &Meta) -> ContainerInfo {
+        match self.read_status_file(&meta.id) {
+            Some(s) if s.state == ContainerState::Exited => self.info_from(meta, Some(s), None),
+            Some(mut s) => {
+                s.state = ContainerState::Unknown;
+                self.info_from(meta, Some(s), Some("the container's shim is gone".into()))
+            }
+            None => self.info_from(meta, None, Some("the container's shim is gone".into())),
+        }
+    }
+
+    pub fn kill(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
+        self.load_meta(id)?;
+        match self.call(id, &Request::Kill { signal }, Some(CALL_TIMEOUT)) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(message)) => Err(ContainerError::Shim {
+                id: id.into(),
+                message,
+            }),
+            Err(e) => Err(Self::shim_err(id, e)),
+        }
+    }
+
+    /// Waits until the container has exited (and its output is in the log).
+    pub fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ContainerInfo, ContainerError> {
+        let meta = self.load_meta(id)?;
+        match self.call(id, &Request::Wait, timeout) {
+            Ok(Ok(status)) => Ok(self.info_from(&meta, Some(status), None)),
+            Ok(Err(message)) => Err(ContainerError::Shim {
+                id: id.into(),
+                message,
+            }),
+            Err(CallError::Timeout) => Err(ContainerError::Timeout { id: id.into() }),
+            Err(CallError::Unavailable) => {
+                let info = self.offline_info(&meta);
+                if info.state == ContainerState::Exited {
+                    Ok(info)
+                } else {
+                    Err(ContainerError::ShimGone { id: id.into() })
+                }
+            }
+            Err(e) => Err(Self::shim_err(id, e)),
+        }
+    }
+
+    /// Sends `signal`, waits up to `grace`, then SIGKILLs; returns the exited info.
+    pub fn stop(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> Result<ContainerInfo, ContainerError> {
+        let info = self.inspect(id)?;
+        if info.state == ContainerState::Exited {
+            return Ok(info);
+        }
+        let deadline = Instant::now() + grace;
+        if let Err(e) = self.kill(id, signal) {
+            // It may have exited in between; the wait below tells.
+            tracing::debug!(id, error = %e, "stop: sending the stop signal failed");
+        }
+        match self.wait(id, Some(deadline.saturating_duration_since(Instant::now()))) {
+            Ok(info) => return Ok(info),
+            Err(ContainerError::Timeout { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = self.kill(id, libc::SIGKILL) {
+            tracing::debug!(id, error = %e, "stop: SIGKILL failed");
+        }
+        self.wait(id, None)
+    }
+
+    /// Kills the container if it still runs, then removes its cgroups,
+    /// rootfs mount, state and log; the shim exits.
+    pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        self.load_meta(id)?;
+        let remove_err = |message: String| ContainerError::Remove {
+            id: id.into(),
+            message,
+        };
+        match self.call(id, &Request::Shutdown, Some(Duration::from_secs(60))) {
+            Ok(Ok(_)) => {}
+            Ok(Err(msg)) => {
+                tracing::warn!(id, error = %msg, "shim failed to delete the container; retrying here");
+                self.delete_without_shim(id).map_err(remove_err)?;
+            }
+            Err(CallError::Unavailable) => self.delete_without_shim(id).map_err(remove_err)?,
+            Err(e) => return Err(Self::shim_err(id, e)),
+        }
+        rootfs::unmount(&self.rootfs_path(id)).map_err(remove_err)?;
+        let _ = std::fs::remove_file(self.socket(id));
+        let dir = self.dir(id);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| remove_err(format!("removing {}: {e}", dir.display())))?;
+        Ok(())
+    }
+
+    /// Cleans up after a shim that is gone: kills what is left in the
+    /// container's cgroup and deletes the cgroups and libcontainer state.
+    fn delete_without_shim(&self, id: &str) -> Result<(), String> {
+        let root = self.libcontainer_root().join(id);
+        if root.exists() {
+            let mut c = libcontainer::container::Container::load(root.clone())
+                .map_err(|e| format!("loading libcontainer state {}: {e}", root.display()))?;
+            c.delete(true)
+                .map_err(|e| format!("deleting container through libcontainer: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Undoes a half-made container when `create` fails.
+struct CreateGuard<'a> {
+    rt: &'a Runtime,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = self.rt.delete_without_shim(self.id);
+        if let Err(e) = rootfs::unmount(&self.rt.rootfs_path(self.id)) {
+            tracing::warn!(id = self.id, error = %e, "cleaning up a failed create");
+            return;
+        }
+        let _ = std::fs::remove_file(self.rt.socket(self.id));
+        let _ = std::fs::remove_dir_all(self.rt.dir(self.id));
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ContainerError> {
+    let data = serde_json::to_vec_pretty(value).map_err(|e| ContainerError::Io {
+        action: "encoding",
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })?;
+    std::fs::write(path, data).map_err(io_err("writing", path))
+}
+
+/// Reads up to the first newline (or EOF) from a pipe, giving up after `timeout`.
+fn read_line_with_timeout(pipe: &mut impl ReadFd, timeout: Duration) -> io::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let n = pipe.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+trait ReadFd: Read + AsFd {}
+impl<T: Read + AsFd> ReadFd for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("web-1.abc_2").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("-x").is_err());
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id("a/b").is_err());
+    }
+}

@@ -1,0 +1,365 @@
+//! Real containers on the real kernel (needs root, overlayfs, cgroups).
+//!
+//! The shim binary is the crate's `shim` example, which `cargo test -p
+//! flotilla-runtime` builds next to this test binary
+//! (`target/<profile>/examples/shim`). When running only this test target
+//! (`--test containers`), build it first: `cargo build -p flotilla-runtime --example shim`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flotilla_runtime::container::{
+    is_mounted, ContainerError, ContainerInfo, ContainerSpec, ContainerState, Resources, Runtime,
+    RuntimeConfig,
+};
+use flotilla_runtime::logs::{self, LogStream};
+
+fn shim_exe() -> PathBuf {
+    // target/<profile>/deps/containers-<hash> -> target/<profile>/examples/shim
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let shim = profile_dir.join("examples").join("shim");
+    assert!(
+        shim.exists(),
+        "{} is missing: run `cargo build -p flotilla-runtime --example shim` (plain `cargo test -p flotilla-runtime` builds it)",
+        shim.display()
+    );
+    shim
+}
+
+/// A busybox rootfs used as the container's single image layer.
+fn busybox_layer(dir: &Path) -> PathBuf {
+    let root = dir.join("layer");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "sleep", "cat", "hostname", "id", "ps", "ls", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    root
+}
+
+/// One test's runtime, layer and cgroup parent; removes every container it
+/// made (and the cgroup parent) when dropped, also on panic.
+struct TestEnv {
+    rt: Runtime,
+    cfg: RuntimeConfig,
+    layer: PathBuf,
+    prefix: String,
+    tmp: tempfile::TempDir,
+}
+
+impl TestEnv {
+    fn new(name: &str) -> TestEnv {
+        let tmp = tempfile::Builder::new()
+            .prefix("flt-ctr-")
+            .tempdir()
+            .unwrap();
+        let layer = busybox_layer(tmp.path());
+        let cfg = RuntimeConfig {
+            state_dir: tmp.path().join("state"),
+            run_dir: tmp.path().join("run"),
+            cgroup_parent: format!("flotilla-test-{}-{name}", std::process::id()),
+            shim_exe: shim_exe(),
+        };
+        let rt = Runtime::new(cfg.clone()).unwrap();
+        TestEnv {
+            rt,
+            cfg,
+            layer,
+            prefix: format!("t{}-{name}", std::process::id()),
+            tmp,
+        }
+    }
+
+    fn spec(&self, name: &str, args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            id: format!("{}-{name}", self.prefix),
+            hostname: format!("host-{name}"),
+            layers: vec![self.layer.clone()],
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["FOO=bar".into()],
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Ok(list) = self.rt.list() {
+            for c in list {
+                if let Err(e) = self.rt.remove(&c.id) {
+                    eprintln!("cleanup: removing {}: {e}", c.id);
+                }
+            }
+        }
+        // Whatever a failed remove left mounted must not block the tempdir's removal.
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.state_dir) {
+            for e in entries.flatten() {
+                let rootfs = e.path().join("bundle/rootfs");
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let parent = self.rt.cgroup_dirs("x");
+        for d in parent {
+            if let Some(p) = d.parent() {
+                let _ = std::fs::remove_dir(p);
+            }
+        }
+        let _ = self.tmp.path();
+    }
+}
+
+fn lines(entries: &[logs::LogEntry], stream: LogStream) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| String::from_utf8_lossy(&e.line).into_owned())
+        .collect()
+}
+
+fn run_to_exit(env: &TestEnv, spec: &ContainerSpec) -> (ContainerInfo, Vec<logs::LogEntry>) {
+    let started = env.rt.create(spec).unwrap();
+    assert!(started.pid.is_some());
+    let info = env
+        .rt
+        .wait(&spec.id, Some(Duration::from_secs(60)))
+        .unwrap();
+    let entries = logs::read(&env.rt.log_path(&spec.id), None, None, None).unwrap();
+    (info, entries)
+}
+
+/// Whether the process is gone (or a zombie nobody reaped yet).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn runs_process_logs_output_and_isolates() {
+    let env = TestEnv::new("hello");
+    let spec = env.spec(
+        "hello",
+        &[
+            "sh",
+            "-c",
+            "echo hello; echo err >&2; hostname; echo $$; echo $FOO; printf partial",
+        ],
+    );
+    let (info, entries) = run_to_exit(&env, &spec);
+    assert_eq!(info.state, ContainerState::Exited);
+    assert_eq!(info.exit_code, Some(0));
+    assert!(!info.oom_killed);
+    assert!(info.finished_at >= info.started_at);
+    assert_eq!(
+        lines(&entries, LogStream::Stdout),
+        vec!["hello\n", "host-hello\n", "1\n", "bar\n", "partial"]
+    );
+    assert_eq!(lines(&entries, LogStream::Stderr), vec!["err\n"]);
+
+    let raw = std::fs::read_to_string(env.rt.log_path(&spec.id)).unwrap();
+    let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        raw.contains(r#"{"log":"hello\n","stream":"stdout","time":"#),
+        "{raw}"
+    );
+}
+
+#[test]
+fn exit_code_and_missing_executable() {
+    let env = TestEnv::new("codes");
+    let spec = env.spec("exit3", &["sh", "-c", "exit 3"]);
+    let (info, _) = run_to_exit(&env, &spec);
+    assert_eq!(info.exit_code, Some(3));
+
+    let bad = env.spec("nope", &["/bin/does-not-exist"]);
+    match env.rt.create(&bad) {
+        Err(ContainerError::Start { message, .. }) => {
+            assert!(message.contains("does-not-exist"), "{message}")
+        }
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    // A failed create leaves nothing behind.
+    assert!(matches!(
+        env.rt.inspect(&bad.id),
+        Err(ContainerError::NotFound { .. })
+    ));
+    assert!(!env.cfg.state_dir.join(&bad.id).exists());
+    assert!(!is_mounted(&env.rt.rootfs_path(&bad.id)));
+    assert!(env.rt.cgroup_dirs(&bad.id).iter().all(|d| !d.exists()));
+}
+
+#[test]
+fn stop_signals_then_kills_after_grace() {
+    let env = TestEnv::new("stop");
+    // `sleep` as pid 1 has no SIGTERM handler, so the kernel ignores SIGTERM
+    // and stop() must escalate to SIGKILL.
+    let spec = env.spec("sleep", &["sleep", "1000"]);
+    env.rt.create(&spec).unwrap();
+    assert_eq!(
+        env.rt.inspect(&spec.id).unwrap().state,
+        ContainerState::Running
+    );
+    let info = env
+        .rt
+        .stop(&spec.id, libc::SIGTERM, Duration::from_millis(300))
+        .unwrap();
+    assert_eq!(info.state, ContainerState::Exited);
+    assert_eq!(info.exit_code, Some(137));
+
+    // A shell that handles SIGTERM exits by itself.
+    let spec = env.spec(
+        "trap",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    env.rt.create(&spec).unwrap();
+    let log = env.rt.log_path(&spec.id);
+    eventually("the shell installs its trap", || {
+        logs::read(&log, None, None, None).unwrap().len() == 1
+    });
+    let info = env
+        .rt
+        .stop(&spec.id, libc::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(info.exit_code, Some(143));
+}
+
+#[test]
+fn runs_as_requested_user() {
+    let env = TestEnv::new("user");
+    let mut spec = env.spec("u1000", &["sh", "-c", "id -u; id -g"]);
+    spec.user = "1000".into();
+    let (info, entries) = run_to_exit(&env, &spec);
+    assert_eq!(info.exit_code, Some(0));
+    assert_eq!(lines(&entries, LogStream::Stdout), vec!["1000\n", "1000\n"]);
+
+    let mut spec = env.spec("uapp", &["sh", "-c", "id -u; id -g"]);
+    spec.user = "app:0".into();
+    let (_, entries) = run_to_exit(&env, &spec);
+    assert_eq!(lines(&entries, LogStream::Stdout), vec!["1000\n", "0\n"]);
+
+    let mut spec = env.spec("unknown", &["true"]);
+    spec.user = "nobody".into();
+    let err = env.rt.create(&spec).unwrap_err();
+    assert!(err.to_string().contains("unable to find user nobody"), "{err}");
+}
+
+#[test]
+fn second_runtime_adopts_running_container() {
+    let env = TestEnv::new("adopt");
+    let mut spec = env.spec("svc", &["sleep", "1000"]);
+    spec.labels = BTreeMap::from([("flotilla.task".to_string(), "t-42".to_string())]);
+    let created = env.rt.create(&spec).unwrap();
+
+    // The shim is detached from us: another session, not our child.
+    let shim_pid = created.shim_pid.unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{shim_pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let (ppid, sid): (u32, i32) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    assert_ne!(ppid, std::process::id());
+    assert_ne!(sid, shim_pid, "the shim is not a session leader");
+    assert_ne!(sid, nix::unistd::getsid(None).unwrap().as_raw());
+
+    // As after an agent restart: a fresh Runtime with the same directories.
+    let rt2 = Runtime::new(env.cfg.clone()).unwrap();
+    let list = rt2.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, spec.id);
+    assert_eq!(list[0].state, ContainerState::Running);
+    assert_eq!(list[0].pid, created.pid);
+    assert_eq!(list[0].labels.get("flotilla.task").unwrap(), "t-42");
+
+    rt2.kill(&spec.id, libc::SIGKILL).unwrap();
+    let info = rt2.wait(&spec.id, Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(info.exit_code, Some(137));
+    assert_eq!(env.rt.inspect(&spec.id).unwrap().state, ContainerState::Exited);
+    match rt2.kill(&spec.id, libc::SIGTERM) {
+        Err(ContainerError::Shim { message, .. }) => assert!(message.contains("not running")),
+        other => panic!("expected not running, got {other:?}"),
+    }
+}
+
+#[test]
+fn remove_leaves_no_mount_cgroup_or_process() {
+    let env = TestEnv::new("rm");
+    let mut spec = env.spec("victim", &["sleep", "1000"]);
+    spec.resources = Resources {
+        memory_bytes: Some(64 << 20),
+        nano_cpus: Some(500_000_000),
+        pids_limit: Some(64),
+    };
+    let info = env.rt.create(&spec).unwrap();
+    let pid = info.pid.unwrap();
+    let shim_pid = info.shim_pid.unwrap();
+    let rootfs = env.rt.rootfs_path(&spec.id);
+    assert!(is_mounted(&rootfs));
+    let cgroups: Vec<PathBuf> = env
+        .rt
+        .cgroup_dirs(&spec.id)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(!cgroups.is_empty(), "the container has cgroups");
+    // The container's init is in its cgroups, with the limits asked for.
+    let procs = cgroups
+        .iter()
+        .find(|d| d.join("cgroup.procs").exists())
+        .unwrap();
+    let members = std::fs::read_to_string(procs.join("cgroup.procs")).unwrap();
+    assert!(members.lines().any(|l| l == pid.to_string()));
+    if let Some(mem) = cgroups
+        .iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists())
+    {
+        let limit = std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    }
+    if let Some(p) = cgroups.iter().find(|d| d.join("pids.max").exists()) {
+        assert_eq!(std::fs::read_to_string(p.join("pids.max")).unwrap().trim(), "64");
+    }
+    // Own namespaces: pid, mount, uts, ipc, net differ from ours.
+    for ns in ["pid", "mnt", "uts", "ipc", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "{ns} namespace");
+    }
+
+    env.rt.remove(&spec.id).unwrap();
+    assert!(!is_mounted(&rootfs));
+    assert!(env.rt.cgroup_dirs(&spec.id).iter().all(|d| !d.exists()));
+    assert!(!env.cfg.state_dir.join(&spec.id).exists());
+    assert!(process_gone(pid));
+    eventually("the shim exits", || process_gone(shim_pid));
+    assert!(matches!(
+        env.rt.inspect(&spec.id),
+        Err(ContainerError::NotFound { .. })
+    ));
+    assert!(env.rt.list().unwrap().is_empty());
+}
