@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Build scripts are single-threaded, so setting the variable is sound;
     // prost-build reads PROTOC to find the compiler.
     std::env::set_var("PROTOC", protoc);
-    let files = ["proto/flotilla/v1/model.proto", "proto/flotilla/v1/api.proto"];
+    let files = [
+        "proto/flotilla/v1/model.proto",
+        "proto/flotilla/v1/api.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -14,7 +14,7 @@ install -m 0755 "$CARGO_TARGET_DIR/release/flotilla" /usr/local/bin/flotilla
 tarball=$(mktemp --suffix=.tar)
 trap 'rm -f "$tarball"' EXIT
 bash examples/build-demo-image.sh "$tarball"
-flotilla image import --change 'ENTRYPOINT ["/demo"]' "$tarball" flotilla-demo:latest
+flotilla image import --change 'CMD ["/demo", "help"]' "$tarball" flotilla-demo:latest
 
 cd examples/hello
 flotilla up -d

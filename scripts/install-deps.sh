@@ -9,7 +9,9 @@ pkgs=(
   nftables                     # Flotilla's firewall and NAT rules
   iproute2 util-linux procps   # ip, nsenter (tests), ps
   busybox-static               # offline test images
-  ca-certificates git
+  ca-certificates git openssl
+  docker-registry apache2-utils skopeo   # registry pull/push tests
+  runc                         # baseline for the runtime benchmark
 )
 missing=()
 for p in "${pkgs[@]}"; do

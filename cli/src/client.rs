@@ -94,6 +94,9 @@ pub fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
 pub fn require_local(g: &Global) -> Result<std::path::PathBuf> {
     match Addr::parse(&g.host)? {
         Addr::Unix(p) => Ok(p),
-        Addr::Tcp(_) => bail!("this command manages the local daemon; --host {} is remote", g.host),
+        Addr::Tcp(_) => bail!(
+            "this command manages the local daemon; --host {} is remote",
+            g.host
+        ),
     }
 }

@@ -13,7 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 /// Runs the daemon until SIGTERM/SIGINT or `flotilla daemon stop`.
 pub async fn serve(g: &Global, args: &ServerArgs) -> Result<i32> {
     let Addr::Unix(sock) = Addr::parse(&g.host)? else {
-        anyhow::bail!("the embedded daemon listens on a unix socket; got --host {}", g.host);
+        anyhow::bail!(
+            "the embedded daemon listens on a unix socket; got --host {}",
+            g.host
+        );
     };
     std::fs::create_dir_all(&g.state_dir)
         .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;

@@ -19,7 +19,9 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// Compose file(s), in order (later files override earlier ones).
-    #[arg(short = 'f', long = "file", global = true, env = "COMPOSE_FILE", value_delimiter = ':')]
+    /// Before the command (`flotilla -f x.yaml logs -f`), or after it for
+    /// commands whose `-f` is not taken (`flotilla up -f x.yaml`).
+    #[arg(short = 'f', long = "file", env = "COMPOSE_FILE", value_delimiter = ':')]
     pub files: Vec<PathBuf>,
     /// Project (stack) name.
     #[arg(short = 'p', long = "project-name", global = true)]
@@ -31,16 +33,31 @@ pub struct Global {
     #[arg(long = "env-file", global = true)]
     pub env_files: Vec<PathBuf>,
     /// Profiles to enable.
-    #[arg(long = "profile", global = true, env = "COMPOSE_PROFILES", value_delimiter = ',')]
+    #[arg(
+        long = "profile",
+        global = true,
+        env = "COMPOSE_PROFILES",
+        value_delimiter = ','
+    )]
     pub profiles: Vec<String>,
     /// The daemon's address.
     #[arg(long, global = true, env = "FLOTILLA_HOST", default_value = DEFAULT_HOST)]
     pub host: String,
     /// Persistent state of the local daemon.
-    #[arg(long, global = true, env = "FLOTILLA_STATE_DIR", default_value = "/var/lib/flotilla")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_STATE_DIR",
+        default_value = "/var/lib/flotilla"
+    )]
     pub state_dir: PathBuf,
     /// Volatile state of the local daemon (sockets, namespaces).
-    #[arg(long, global = true, env = "FLOTILLA_RUN_DIR", default_value = "/run/flotilla")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_RUN_DIR",
+        default_value = "/run/flotilla"
+    )]
     pub run_dir: PathBuf,
     /// Verbose logs.
     #[arg(long, global = true)]
@@ -71,8 +88,18 @@ pub enum Command {
     Server(ServerArgs),
 }
 
+/// `-f FILE` accepted after the command too.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FileArgs {
+    /// Compose file(s), in order.
+    #[arg(short = 'f', long = "file", value_delimiter = ':')]
+    pub files: Vec<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct UpArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
     /// Detached: start in the background and return.
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -97,6 +124,8 @@ pub struct UpArgs {
 
 #[derive(Args, Debug)]
 pub struct DownArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
     /// Also remove named volumes.
     #[arg(short = 'v', long)]
     pub volumes: bool,
@@ -110,6 +139,8 @@ pub struct DownArgs {
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
     /// Show stopped containers too.
     #[arg(short = 'a', long)]
     pub all: bool,
@@ -144,6 +175,8 @@ pub struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
     /// yaml or json.
     #[arg(long, default_value = "yaml")]
     pub format: String,

@@ -71,7 +71,11 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
         pids.push(pid);
         // Its own namespaces.
         for ns in ["pid", "uts", "ipc", "mnt", "net"] {
-            assert_ne!(ns_of(pid, ns), ns_of(std::process::id() as i64, ns), "{ns} namespace shared with the host");
+            assert_ne!(
+                ns_of(pid, ns),
+                ns_of(std::process::id() as i64, ns),
+                "{ns} namespace shared with the host"
+            );
         }
         // pid 1 inside is the service's own process.
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -79,7 +83,10 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
         assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         let service = row["Service"].as_str().unwrap();
-        assert!(String::from_utf8_lossy(&cmdline).contains(service), "pid 1 runs {cmdline:?}");
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains(service),
+            "pid 1 runs {cmdline:?}"
+        );
         // The hostname is the container's (Docker's default: its short id).
         let out = in_container(pid, &["/demo", "hostname"]);
         let id = row["ID"].as_str().unwrap();
@@ -98,15 +105,27 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
         let body = String::from_utf8_lossy(&out.stdout).into_owned();
         (out.status.success() && body.contains("hits: ")).then_some(body)
     });
-    assert!(got.is_some(), "web could not reach api/store by name; daemon log:\n{}", d.daemon_log());
+    assert!(
+        got.is_some(),
+        "web could not reach api/store by name; daemon log:\n{}",
+        d.daemon_log()
+    );
     let out = in_container(web_pid, &["/demo", "get", "http://store:6000/health"]);
-    assert!(out.status.success(), "store by name: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "store by name: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Logs come back through the manager, prefixed per service.
     let logs = d.ok(&dir, &["logs", "--no-color"]);
     assert!(logs.lines().any(|l| l.starts_with("store-1")), "{logs}");
 
-    assert!(!addresses_in_pool(&d.pool).is_empty(), "no bridge address in {}", d.pool);
+    assert!(
+        !addresses_in_pool(&d.pool).is_empty(),
+        "no bridge address in {}",
+        d.pool
+    );
     d.ok(&dir, &["down"]);
 
     // Nothing of the stack is left.
@@ -114,21 +133,36 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
     assert!(ps.is_empty(), "{ps:?}");
     for pid in pids {
         assert!(
-            eventually(Duration::from_secs(10), || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())).is_some(),
+            eventually(Duration::from_secs(10), || (!Path::new(&format!(
+                "/proc/{pid}"
+            ))
+            .exists())
+            .then_some(()))
+            .is_some(),
             "container process {pid} still running"
         );
     }
     let state = d.state_dir.display().to_string();
     let run = d.run_dir.display().to_string();
-    assert_eq!(mounts_under(&[&state, &run]), Vec::<String>::new(), "mounts left");
-    assert_eq!(cgroup_children(&d.cgroup_parent), Vec::<std::path::PathBuf>::new(), "cgroups left");
-    let netns: Vec<_> = std::fs::read_dir(d.run_dir.join("netns"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(netns.is_empty(), "network namespaces left: {netns:?}");
-    assert_eq!(addresses_in_pool(&d.pool), Vec::<String>::new(), "links left");
     let subnet_prefix: String = d.pool.split('.').take(2).collect::<Vec<_>>().join(".") + ".";
-    assert!(!nft_ruleset().contains(&subnet_prefix), "firewall rules left:\n{}", nft_ruleset());
+    // Containers are gone when `down` returns; the node's network pieces
+    // (bridge, rules) follow as soon as the agent sees the network deleted.
+    let leftovers = || {
+        let mut left = Vec::new();
+        left.extend(mounts_under(&[&state, &format!("{run}/netns/")]).into_iter().map(|m| format!("mount {m}")));
+        left.extend(cgroup_children(&d.cgroup_parent).into_iter().map(|c| format!("cgroup {}", c.display())));
+        let netns: Vec<_> = std::fs::read_dir(d.run_dir.join("netns"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        left.extend(netns.into_iter().map(|n| format!("netns {}", n.display())));
+        left.extend(addresses_in_pool(&d.pool).into_iter().map(|a| format!("link {a}")));
+        if nft_ruleset().contains(&subnet_prefix) {
+            left.push(format!("nft rules for {subnet_prefix}*"));
+        }
+        left
+    };
+    let clean = eventually(Duration::from_secs(15), || leftovers().is_empty().then_some(()));
+    assert!(clean.is_some(), "left after down: {:?}\n{}", leftovers(), d.daemon_log());
 }
 
 #[test]
@@ -139,7 +173,10 @@ fn bad_input_fails_with_one_clear_line_and_touches_nothing() {
     d.import_demo_image();
     let project = format!("bad{}", d.name);
     let dir = d.root.path().join(&project);
-    write_project(&dir, "services:\n  store:\n    image: flotilla-demo:test\n    command: [\"store\"]\n");
+    write_project(
+        &dir,
+        "services:\n  store:\n    image: flotilla-demo:test\n    command: [\"store\"]\n",
+    );
     d.ok(&dir, &["up", "-d"]);
     let before = d.ps(&dir, &project);
     assert_eq!(before.len(), 1);
@@ -147,7 +184,11 @@ fn bad_input_fails_with_one_clear_line_and_touches_nothing() {
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         ("", vec!["up", "-d", "-f", "missing.yaml"], "missing.yaml"),
         ("", vec!["up", "-d", "nosuchservice"], "nosuchservice"),
-        ("services:\n  web:\n    image: [unclosed\n", vec!["up", "-d", "-f", "broken.yaml"], "broken.yaml:"),
+        (
+            "services:\n  web:\n    image: [unclosed\n",
+            vec!["up", "-d", "-f", "broken.yaml"],
+            "broken.yaml:",
+        ),
         (
             "services:\n  web:\n    image: not-there:1.0\n",
             vec!["up", "-d", "-f", "noimage.yaml"],
@@ -165,12 +206,18 @@ fn bad_input_fails_with_one_clear_line_and_touches_nothing() {
         let out = d.cli_in(&dir, &full);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(needle), "{args:?}: error does not name {needle:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: error does not name {needle:?}: {stderr}"
+        );
         assert!(stderr.trim().starts_with("error:"), "{args:?}: {stderr}");
         // The running stack is untouched.
         let now = d.ps(&dir, &project);
         assert_eq!(now.len(), 1, "{args:?}");
-        assert_eq!(now[0]["Pid"], before[0]["Pid"], "{args:?} touched the running container");
+        assert_eq!(
+            now[0]["Pid"], before[0]["Pid"],
+            "{args:?} touched the running container"
+        );
         assert_eq!(now[0]["State"], "running");
     }
     d.ok(&dir, &["down"]);

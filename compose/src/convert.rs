@@ -548,10 +548,6 @@ pub(crate) fn convert(mut model: Node, input: Input) -> Result<Project, LoadErro
         cx.warnings
             .push("the top-level `version` key is obsolete and ignored".into());
     }
-    if let Some(e) = model.get_entry("include") {
-        let pos = e.key_pos.clone();
-        cx.refuse(&pos, "include", "include");
-    }
     if let Some(e) = model.get_entry("models") {
         let pos = e.key_pos.clone();
         cx.refuse(&pos, "models", "models");
@@ -794,7 +790,24 @@ fn service(cx: &mut Cx, entry: &Entry, path: &str, refs: &Refs) -> ServiceSpec {
             "profiles" => s.profiles = cx.strings(v, &p, false),
             "devices" => {
                 for (i, d) in cx.map_or_seq(v, &p).iter().enumerate() {
-                    if let Some(t) = cx.string(d, &format!("{p}[{i}]")) {
+                    let ip = format!("{p}[{i}]");
+                    if d.as_map().is_some() {
+                        // Long form, kept as Docker's SOURCE:TARGET[:PERMISSIONS].
+                        cx.check_keys(d, &ip, &["source", "target", "permissions"]);
+                        let part = |cx: &mut Cx, k: &str| {
+                            d.get(k).and_then(|x| cx.string(x, &path_join(&ip, k)))
+                        };
+                        let Some(src) = part(cx, "source") else {
+                            cx.err(&d.pos, &ip, "missing key \"source\"");
+                            continue;
+                        };
+                        let tgt = part(cx, "target").unwrap_or_else(|| src.clone());
+                        let mut dev = format!("{src}:{tgt}");
+                        if let Some(perm) = part(cx, "permissions") {
+                            dev = format!("{dev}:{perm}");
+                        }
+                        s.devices.push(dev);
+                    } else if let Some(t) = cx.string(d, &ip) {
                         s.devices.push(t);
                     }
                 }
@@ -928,7 +941,6 @@ fn service(cx: &mut Cx, entry: &Entry, path: &str, refs: &Refs) -> ServiceSpec {
                     }
                 }
             }
-            "extends" => cx.refuse(&f.key_pos, &p, "extends"),
             _ => cx.refuse(&f.key_pos, &p, key),
         }
     }
@@ -2067,10 +2079,8 @@ fn top_networks(cx: &mut Cx, n: Option<&Node>) -> Vec<NetworkSpec> {
                     "attachable" => ns.attachable = cx.bool(v, &fp).unwrap_or_default(),
                     "internal" => ns.internal = cx.bool(v, &fp).unwrap_or_default(),
                     "enable_ipv6" => ns.enable_ipv6 = cx.bool(v, &fp).unwrap_or_default(),
-                    "enable_ipv4" => {
-                        if cx.bool(v, &fp) == Some(false) {
-                            cx.refuse(&f.key_pos, &fp, "enable_ipv4: false");
-                        }
+                    "enable_ipv4" if cx.bool(v, &fp) == Some(false) => {
+                        cx.refuse(&f.key_pos, &fp, "enable_ipv4: false");
                     }
                     "labels" => ns.labels = cx.string_map(v, &fp),
                     "name" => ns.external_name = cx.string(v, &fp).unwrap_or_default(),
@@ -2229,11 +2239,14 @@ fn top_secrets<T: SecretLike>(cx: &mut Cx, n: Option<&Node>, section: &str) -> V
                     envv = cx.string(v, &fp).unwrap_or_default();
                     match cx.env.get(&envv) {
                         Some(val) => content = Some(val.clone()),
-                        None => cx.err(
+                        None if cx.mode == Mode::Deploy => cx.err(
                             &v.pos,
                             &fp,
                             format!("environment variable {envv:?} is not set"),
                         ),
+                        None => cx
+                            .warnings
+                            .push(format!("{fp}: environment variable {envv:?} is not set")),
                     }
                 }
                 "content" => content = cx.string(v, &fp),

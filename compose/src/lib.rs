@@ -9,9 +9,11 @@
 //! is reported with `FILE:LINE:COLUMN: path: message`, and all of them are
 //! collected rather than stopping at the first.
 
+pub mod config;
 pub mod convert;
 pub mod dotenv;
 pub mod graph;
+mod include;
 pub mod interp;
 pub mod merge;
 pub mod yaml;
@@ -19,11 +21,12 @@ pub mod yaml;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use flotilla_proto::v1::StackSpec;
 
+pub use config::{to_compose_json, to_compose_yaml};
 pub use graph::{start_order, stop_order, DependencyGraph, GraphError};
+use include::Reader;
 use yaml::{Kind, Node, Pos};
 
 /// File names looked for in the working directory when no `-f` is given, in
@@ -229,59 +232,18 @@ fn load_with(opts: &LoadOptions, mode: convert::Mode) -> Result<Project, LoadErr
     }
     environment.extend(opts.env.iter().map(|(k, v)| (k.clone(), v.clone())));
 
-    // Parse, interpolate and merge every file.
+    // Parse, interpolate and merge every file (with its includes and extends).
+    let mut reader = Reader {
+        wd,
+        env: &environment,
+        interpolate: opts.interpolate,
+        errors: &mut errors,
+        warnings: &mut warnings,
+        stack: Vec::new(),
+    };
     let mut merged: Option<Node> = None;
     for path in &files {
-        let shown: Arc<str> = Arc::from(display_path(path, wd));
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(LoadError::general(
-                    "",
-                    format!("reading Compose file {shown}: {e}"),
-                ));
-                continue;
-            }
-        };
-        let docs = match yaml::parse(&text, &shown) {
-            Ok(d) => d,
-            Err(es) => {
-                errors.extend(es.into_iter().map(|e| LoadError::at(&e.pos, "", e.message)));
-                continue;
-            }
-        };
-        if docs.is_empty() || docs.iter().all(Node::is_null) {
-            errors.push(LoadError::general(
-                "",
-                format!("{shown}: empty Compose file"),
-            ));
-            continue;
-        }
-        for mut doc in docs {
-            if doc.as_map().is_none() {
-                errors.push(LoadError::at(
-                    &doc.pos,
-                    "",
-                    format!("a Compose file must be a mapping, not {}", doc.kind_name()),
-                ));
-                continue;
-            }
-            if opts.interpolate {
-                let mut unset = Vec::new();
-                interpolate_tree(
-                    &mut doc,
-                    &mut String::new(),
-                    &environment,
-                    &mut unset,
-                    &mut errors,
-                );
-                for u in unset {
-                    let w = format!("the {u:?} variable is not set; defaulting to a blank string");
-                    if !warnings.contains(&w) {
-                        warnings.push(w);
-                    }
-                }
-            }
+        if let Some(doc) = reader.read(path, None) {
             merged = Some(match merged.take() {
                 None => merge::strip_node(doc),
                 Some(base) => merge::merge(base, doc),
@@ -469,7 +431,7 @@ fn project_name(
     })
 }
 
-fn interpolate_tree(
+pub(crate) fn interpolate_tree(
     n: &mut Node,
     path: &mut String,
     env: &BTreeMap<String, String>,

@@ -71,8 +71,17 @@ fn merge_at(base: Node, over: Node, path: &mut Vec<String>) -> Node {
 }
 
 fn merge_maps(base: Node, over: Node, path: &mut Vec<String>) -> Node {
-    let (Kind::Map(mut b), Kind::Map(o)) = (base.kind, over.kind) else {
-        unreachable_map()
+    let (mut b, o) = match (base.kind, over.kind) {
+        (Kind::Map(b), Kind::Map(o)) => (b, o),
+        // A list form that could not be turned into a mapping: the later value wins
+        // and the converter reports its shape.
+        (_, ok) => {
+            return Node {
+                kind: ok,
+                pos: over.pos,
+                tag: over.tag,
+            }
+        }
     };
     for e in o {
         if e.value.tag.as_deref() == Some("!reset") {
@@ -101,11 +110,6 @@ fn merge_maps(base: Node, over: Node, path: &mut Vec<String>) -> Node {
         pos: base.pos,
         tag: None,
     }
-}
-
-fn unreachable_map() -> ! {
-    // merge_maps is only called with two mappings (to_mapping guarantees it).
-    panic!("merge_maps called with a non-mapping")
 }
 
 /// Removes `!reset` entries (resetting something that was never set).
@@ -250,4 +254,14 @@ fn unique_key(path: &[String], item: &Node) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Merges a service definition onto the service it `extends`, with the same
+/// per-field rules as file merging.
+pub fn merge_service(base: Node, over: Node) -> Node {
+    merge_at(
+        base,
+        over,
+        &mut vec!["services".to_string(), "_".to_string()],
+    )
 }

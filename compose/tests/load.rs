@@ -455,3 +455,64 @@ configs:
     assert_eq!(p.spec.secrets[0].content, b"s3cret");
     assert_eq!(p.spec.configs[0].content, "hello");
 }
+
+#[test]
+fn include_and_extends_resolve_with_their_own_paths() {
+    let d = project(&[
+        (
+            "compose.yaml",
+            "include:\n  - lib/db.yaml\nservices:\n  web:\n    extends:\n      file: lib/base.yaml\n      service: base\n    image: web\n    environment: [B=own]\n  worker:\n    extends: web\n    command: work\n",
+        ),
+        (
+            "lib/db.yaml",
+            "services:\n  db:\n    image: postgres\n    env_file: db.env\nvolumes:\n  data: {}\n",
+        ),
+        ("lib/db.env", "PGUSER=u\n"),
+        (
+            "lib/base.yaml",
+            "services:\n  base:\n    image: base\n    environment: [A=base, B=base]\n    volumes: [\"./conf:/etc/conf\"]\n",
+        ),
+    ]);
+    let p = load(&LoadOptions::new(d.path())).unwrap();
+    let web = svc(&p.spec, "web");
+    assert_eq!(web.image, "web");
+    assert_eq!(web.environment["A"], "base");
+    assert_eq!(web.environment["B"], "own");
+    assert_eq!(
+        web.mounts[0].source,
+        d.path().join("lib/conf").display().to_string()
+    );
+    let worker = svc(&p.spec, "worker");
+    assert_eq!(worker.image, "web");
+    assert_eq!(worker.command.as_ref().unwrap().values, vec!["work"]);
+    assert_eq!(svc(&p.spec, "db").environment["PGUSER"], "u");
+    assert_eq!(p.spec.volumes[0].name, "data");
+}
+
+#[test]
+fn include_and_extends_cycles_are_errors() {
+    let d = project(&[
+        (
+            "compose.yaml",
+            "include: [a.yaml]\nservices:\n  s:\n    image: x\n",
+        ),
+        (
+            "a.yaml",
+            "include: [compose.yaml]\nservices:\n  t:\n    image: y\n",
+        ),
+    ]);
+    assert_eq!(
+        errors_of(d.path()),
+        vec!["a.yaml:1:11: include[0]: include cycle: compose.yaml -> a.yaml -> compose.yaml"]
+    );
+    let d = project(&[(
+        "compose.yaml",
+        "services:\n  a:\n    extends: b\n  b:\n    extends: a\n",
+    )]);
+    let errs = errors_of(d.path());
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("extends cycle: a -> b -> a")),
+        "{errs:?}"
+    );
+}

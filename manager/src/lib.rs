@@ -13,8 +13,15 @@
 //! The manager never imports the runtime or the agent, and never talks to a
 //! container: it only writes desired state and reads what agents report.
 
-pub mod raft;
-pub mod store;
+pub mod control;
+pub mod dispatcher;
 pub mod ipam;
+pub mod manager;
 pub mod orchestrator;
+pub mod raft;
 pub mod scheduler;
+pub mod store;
+
+pub use control::ControlApi;
+pub use dispatcher::DispatcherApi;
+pub use manager::{Manager, ManagerConfig, ManagerError};

@@ -30,6 +30,9 @@ pub enum Step {
     Start,
     /// Stop the running container (stop signal, grace period, then SIGKILL).
     Stop,
+    /// Remove the stopped container and its network endpoint, then report
+    /// the task removed (the manager deletes it only after that).
+    Remove,
     /// Report this observed state (the container is as it should be, but the
     /// manager has not heard it yet).
     Report(TaskState, Option<i32>),
@@ -42,6 +45,14 @@ pub fn step(task: &Task, reported: Option<TaskState>, container: Container) -> S
     let desired = task.desired_state();
     let reported_terminal = reported.is_some_and(TaskState::is_terminal);
     let wants_running = matches!(desired, TaskState::Running);
+
+    if desired == TaskState::Remove {
+        return match (container, reported) {
+            (_, Some(TaskState::Remove)) => Step::Wait,
+            (Container::Running, _) => Step::Stop,
+            _ => Step::Remove,
+        };
+    }
 
     match container {
         Container::Absent => {
@@ -107,18 +118,69 @@ mod tests {
             (S::Running, Some(S::Preparing), Absent, Step::Start),
             (S::Running, None, Running, Step::Report(S::Running, None)),
             (S::Running, Some(S::Running), Running, Step::Wait),
-            (S::Running, Some(S::Running), Exited { code: 0, oom: false }, Step::Report(S::Complete, Some(0))),
-            (S::Running, Some(S::Running), Exited { code: 3, oom: false }, Step::Report(S::Failed, Some(3))),
-            (S::Running, Some(S::Failed), Exited { code: 3, oom: false }, Step::Wait),
+            (
+                S::Running,
+                Some(S::Running),
+                Exited {
+                    code: 0,
+                    oom: false,
+                },
+                Step::Report(S::Complete, Some(0)),
+            ),
+            (
+                S::Running,
+                Some(S::Running),
+                Exited {
+                    code: 3,
+                    oom: false,
+                },
+                Step::Report(S::Failed, Some(3)),
+            ),
+            (
+                S::Running,
+                Some(S::Failed),
+                Exited {
+                    code: 3,
+                    oom: false,
+                },
+                Step::Wait,
+            ),
             (S::Running, Some(S::Failed), Absent, Step::Wait),
-            (S::Running, Some(S::Running), Absent, Step::Report(S::Failed, None)),
+            (
+                S::Running,
+                Some(S::Running),
+                Absent,
+                Step::Report(S::Failed, None),
+            ),
             (S::Running, Some(S::Rejected), Absent, Step::Wait),
             // desired shutdown
             (S::Shutdown, Some(S::Running), Running, Step::Stop),
-            (S::Shutdown, Some(S::Running), Exited { code: 143, oom: false }, Step::Report(S::Shutdown, Some(143))),
-            (S::Shutdown, Some(S::Complete), Exited { code: 0, oom: false }, Step::Wait),
+            (
+                S::Shutdown,
+                Some(S::Running),
+                Exited {
+                    code: 143,
+                    oom: false,
+                },
+                Step::Report(S::Shutdown, Some(143)),
+            ),
+            (
+                S::Shutdown,
+                Some(S::Complete),
+                Exited {
+                    code: 0,
+                    oom: false,
+                },
+                Step::Wait,
+            ),
             (S::Shutdown, None, Absent, Step::Report(S::Shutdown, None)),
             (S::Shutdown, Some(S::Shutdown), Absent, Step::Wait),
+            // desired remove: stop, then remove, then report removed
+            (S::Remove, Some(S::Running), Running, Step::Stop),
+            (S::Remove, Some(S::Shutdown), Exited { code: 0, oom: false }, Step::Remove),
+            (S::Remove, Some(S::Shutdown), Absent, Step::Remove),
+            (S::Remove, None, Absent, Step::Remove),
+            (S::Remove, Some(S::Remove), Absent, Step::Wait),
             // not yet told to run (created / pending)
             (S::Created, None, Absent, Step::Wait),
         ];

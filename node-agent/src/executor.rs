@@ -120,6 +120,19 @@ impl Agent {
             source,
         })?;
         let netlink = Netlink::connect().await.map_err(AgentError::Netlink)?;
+        // Routing between bridges and out of the host needs forwarding on;
+        // the base table holds Flotilla's own chains.
+        tokio::task::spawn_blocking(|| {
+            firewall::enable_ip_forward()?;
+            firewall::ensure_base()?;
+            if firewall::legacy_iptables_tables().iter().any(|t| t == "filter") {
+                tracing::warn!("iptables-legacy has a filter table; if its FORWARD policy is DROP, forwarded container traffic is dropped (add ACCEPT rules for flt-* bridges in DOCKER-USER)");
+            }
+            Ok::<_, net::NetError>(())
+        })
+        .await
+        .map_err(|e| AgentError::Netlink(net::NetError::ThreadPanicked { target: e.to_string() }))?
+        .map_err(AgentError::Netlink)?;
         let host_networks = netlink.host_routes().await.unwrap_or_default();
         let images = Arc::new(images);
         let runtime = Arc::new(runtime);
@@ -196,7 +209,7 @@ impl Agent {
             entries: HashMap::new(),
             networks: HashMap::new(),
             services: Vec::new(),
-            live_networks: HashSet::new(),
+            live_networks: HashMap::new(),
             have_assignments: false,
         };
         tasks.push(tokio::spawn(exec.run(assign_rx, stop_rx)));
@@ -229,7 +242,10 @@ enum Event {
         status: Option<pb::TaskStatus>,
     },
     /// A container's process exited.
-    Exited { task_id: String, info: ContainerInfo },
+    Exited {
+        task_id: String,
+        info: ContainerInfo,
+    },
     /// A removed task's container and endpoint are gone.
     Removed { task_id: String },
 }
@@ -254,8 +270,9 @@ struct Executor {
     entries: HashMap<String, Entry>,
     networks: HashMap<String, pb::Network>,
     services: Vec<pb::Service>,
-    /// Networks whose bridge and rules this agent set up.
-    live_networks: HashSet<String>,
+    /// Networks whose bridge and rules this agent set up, with their
+    /// bridge names (kept here: the manager may delete the network first).
+    live_networks: HashMap<String, String>,
     have_assignments: bool,
 }
 
@@ -422,6 +439,12 @@ impl Executor {
                 continue;
             }
             if !e.assigned {
+                if e.reported == Some(pb::TaskState::Remove) && e.container == Container::Absent {
+                    // Already cleaned up; just forget it.
+                    self.entries.remove(&id);
+                    self.outbox.forget(&id);
+                    continue;
+                }
                 e.busy = true;
                 self.spawn_remove(id.clone(), ev_tx);
                 continue;
@@ -465,6 +488,27 @@ impl Executor {
                     e.busy = true;
                     self.spawn_stop(id.clone(), ev_tx);
                 }
+                Step::Remove => {
+                    e.busy = true;
+                    let mut s = e.status.clone();
+                    s.state = pb::TaskState::Remove as i32;
+                    s.pid = 0;
+                    s.message = "removed".into();
+                    let ctx = self.op_context();
+                    let tx = ev_tx.clone();
+                    let task_id = id.clone();
+                    tokio::spawn(async move {
+                        remove_task(&ctx, &task_id).await;
+                        s.timestamp = Some(pb::Timestamp::now());
+                        let _ = tx
+                            .send(Event::Done {
+                                task_id,
+                                container: Container::Absent,
+                                status: Some(s),
+                            })
+                            .await;
+                    });
+                }
             }
         }
         self.teardown_unused_networks();
@@ -494,7 +538,8 @@ impl Executor {
             .filter_map(|a| self.networks.get(&a.network_id).cloned())
             .collect();
         for n in &networks {
-            self.live_networks.insert(n.id.clone());
+            self.live_networks
+                .insert(n.id.clone(), bridge_name(&n.id, Some(n)));
         }
         let services = self.services.clone();
         let ctx = self.op_context();
@@ -502,21 +547,23 @@ impl Executor {
         tokio::spawn(async move {
             let span = tracing::info_span!("start", stack = %task.stack, service = %task.service_name, task = %task.id);
             let _g = span.enter();
-            let (container, state, result) = match start_task(&ctx, &task, &networks, &services).await
-            {
-                Ok(info) => {
-                    status.container_id = info.id.clone();
-                    status.pid = info.pid.unwrap_or(0);
-                    status.started_at = info.started_at.map(pb::Timestamp::from_system);
-                    status.message = "started".into();
-                    status.err.clear();
-                    (Container::Running, pb::TaskState::Running, Ok(()))
-                }
-                Err(StartError::Rejected(msg)) => {
-                    (Container::Absent, pb::TaskState::Rejected, Err(msg))
-                }
-                Err(StartError::Failed(msg)) => (Container::Absent, pb::TaskState::Failed, Err(msg)),
-            };
+            let (container, state, result) =
+                match start_task(&ctx, &task, &networks, &services).await {
+                    Ok(info) => {
+                        status.container_id = info.id.clone();
+                        status.pid = info.pid.unwrap_or(0);
+                        status.started_at = info.started_at.map(pb::Timestamp::from_system);
+                        status.message = "started".into();
+                        status.err.clear();
+                        (Container::Running, pb::TaskState::Running, Ok(()))
+                    }
+                    Err(StartError::Rejected(msg)) => {
+                        (Container::Absent, pb::TaskState::Rejected, Err(msg))
+                    }
+                    Err(StartError::Failed(msg)) => {
+                        (Container::Absent, pb::TaskState::Failed, Err(msg))
+                    }
+                };
             if let Err(msg) = result {
                 tracing::warn!("task failed to start: {msg}");
                 status.err = msg.clone();
@@ -588,18 +635,19 @@ impl Executor {
             .values()
             .flat_map(|e| e.task.networks.iter().map(|n| n.network_id.as_str()))
             .collect();
-        let unused: Vec<String> = self
+        let unused: Vec<(String, String)> = self
             .live_networks
             .iter()
-            .filter(|n| !used.contains(n.as_str()))
-            .cloned()
+            .filter(|(n, _)| !used.contains(n.as_str()))
+            .map(|(n, b)| (n.clone(), b.clone()))
             .collect();
-        for id in unused {
+        for (id, bridge) in unused {
             self.live_networks.remove(&id);
-            let bridge = bridge_name(&id, self.networks.get(&id));
             let nl = self.netlink.clone();
             tokio::spawn(async move {
-                if let Err(e) = firewall::remove_network(&bridge) {
+                let br = bridge.clone();
+                let r = tokio::task::spawn_blocking(move || firewall::remove_network(&br)).await;
+                if let Ok(Err(e)) = r {
                     tracing::warn!(network = %id, "removing firewall rules: {e}");
                 }
                 if let Err(e) = nl.delete_link(&bridge).await {
@@ -697,12 +745,17 @@ async fn start_task(
     let netns_name = short(&task.id);
     let netns_dir = ctx.netns_dir();
     // A half-made namespace from a crash mid-create is replaced.
-    let _ = netns::remove(&netns_dir, &netns_name);
-    let netns_path = netns::create(&netns_dir, &netns_name)
-        .map_err(|e| StartError::Failed(format!("creating network namespace: {e}")))?;
+    let (dir2, name2) = (netns_dir.clone(), netns_name.clone());
+    let netns_path = tokio::task::spawn_blocking(move || {
+        let _ = netns::remove(&dir2, &name2);
+        netns::create(&dir2, &name2)
+    })
+    .await
+    .map_err(|e| StartError::Failed(format!("netns worker: {e}")))?
+    .map_err(|e| StartError::Failed(format!("creating network namespace: {e}")))?;
     let setup = setup_endpoint(ctx, task, networks, &netns_path).await;
     if let Err(msg) = setup {
-        let _ = netns::remove(&netns_dir, &netns_name);
+        remove_task(ctx, &task.id).await;
         return Err(StartError::Failed(msg));
     }
 
@@ -748,7 +801,7 @@ async fn start_task(
     match created {
         Ok(info) => Ok(info),
         Err(e) => {
-            let _ = netns::remove(&netns_dir, &netns_name);
+            remove_task(ctx, &task.id).await;
             Err(StartError::Failed(e.to_string()))
         }
     }
@@ -762,7 +815,10 @@ async fn setup_endpoint(
 ) -> Result<(), String> {
     for (i, att) in task.networks.iter().enumerate() {
         let Some(net) = networks.iter().find(|n| n.id == att.network_id) else {
-            return Err(format!("network {} is not known to this node", att.network_id));
+            return Err(format!(
+                "network {} is not known to this node",
+                att.network_id
+            ));
         };
         let Some(addr) = att.addresses.first() else {
             return Err(format!("no address allocated on network {}", net.id));
@@ -774,10 +830,20 @@ async fn setup_endpoint(
             .await
             .map_err(|e| format!("setting up bridge {bridge} for network {}: {e}", net.id))?;
         let internal = net.spec.as_ref().is_some_and(|s| s.internal);
-        firewall::ensure_base().map_err(|e| format!("setting up firewall: {e}"))?;
-        firewall::add_network(&bridge, &net.subnet, internal)
-            .map_err(|e| format!("firewall rules for network {}: {e}", net.id))?;
-        let host_if = format!("vf{}{}", &short(&task.id)[..10], i);
+        let (br, subnet) = (bridge.clone(), net.subnet.clone());
+        tokio::task::spawn_blocking(move || {
+            firewall::ensure_base()?;
+            firewall::add_network(&br, &subnet, internal)
+        })
+        .await
+        .map_err(|e| format!("firewall worker: {e}"))?
+        .map_err(|e| format!("firewall rules for network {}: {e}", net.id))?;
+        if i >= MAX_ATTACHMENTS {
+            return Err(format!(
+                "a container can join at most {MAX_ATTACHMENTS} networks"
+            ));
+        }
+        let host_if = host_ifname(&task.id, i);
         let mac = if att.mac_address.is_empty() {
             process::strip_prefix_len(addr)
                 .parse()
@@ -843,8 +909,25 @@ async fn remove_task(ctx: &OpContext, task_id: &str) {
         }
     })
     .await;
-    if let Err(e) = netns::remove(&ctx.netns_dir(), &short(task_id)) {
+    // Removing one end of a veth removes both; the namespace would take
+    // them along too, but only once nothing holds it.
+    for i in 0..MAX_ATTACHMENTS {
+        let _ = ctx.netlink.delete_link(&host_ifname(task_id, i)).await;
+    }
+    let dir = ctx.netns_dir();
+    let name = short(task_id);
+    let r = tokio::task::spawn_blocking(move || netns::remove(&dir, &name)).await;
+    if let Ok(Err(e)) = r {
         tracing::warn!(task = %task_id, "removing network namespace: {e}");
     }
     let _ = std::fs::remove_dir_all(ctx.task_dir(task_id));
+}
+
+/// How many networks one container may join (host interface names are
+/// derived from the task id and this index).
+const MAX_ATTACHMENTS: usize = 8;
+
+/// The host end of a task's veth on its i-th network (at most 15 bytes).
+fn host_ifname(task_id: &str, i: usize) -> String {
+    format!("vf{}{}", &short(task_id)[..10], i)
 }

@@ -70,7 +70,9 @@ pub fn config_from_proto(c: &pb::ImageConfig) -> rt::ImageConfig {
             c.os.clone()
         },
         architecture: if c.architecture.is_empty() {
-            std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")
+            std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64")
         } else {
             c.architecture.clone()
         },

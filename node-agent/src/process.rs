@@ -135,10 +135,12 @@ pub fn hostname(task: &Task) -> String {
 /// every slot of every service of its stack on a network it shares (by
 /// service name, container name and aliases), plus `extra_hosts`.
 pub fn hosts_file(task: &Task, services: &[Service]) -> String {
-    let mut out = String::from(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    );
-    let own_networks: Vec<&str> = task.networks.iter().map(|n| n.network_id.as_str()).collect();
+    let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let own_networks: Vec<&str> = task
+        .networks
+        .iter()
+        .map(|n| n.network_id.as_str())
+        .collect();
     if let Some(first) = task.networks.first().and_then(|n| n.addresses.first()) {
         let ip = strip_prefix_len(first);
         out.push_str(&format!("{ip}\t{}\t{}\n", hostname(task), task.name));
@@ -265,7 +267,10 @@ mod tests {
                 ..Default::default()
             };
             let p = resolve(&spec, &image, "h").unwrap();
-            assert_eq!(p.args, want, "entrypoint {entrypoint:?} command {command:?}");
+            assert_eq!(
+                p.args, want,
+                "entrypoint {entrypoint:?} command {command:?}"
+            );
             assert_eq!(p.cwd, "/app");
             assert_eq!(p.user, "nobody");
         }
@@ -356,7 +361,10 @@ mod tests {
             svc("hidden", "s_other", "10.90.0.3/24"),
         ];
         let hosts = hosts_file(&task, &services);
-        assert!(hosts.contains("10.89.0.2\t0f8fad5bd9cb\ts-web-1\n"), "{hosts}");
+        assert!(
+            hosts.contains("10.89.0.2\t0f8fad5bd9cb\ts-web-1\n"),
+            "{hosts}"
+        );
         assert!(hosts.contains("10.89.0.3\tapi s-api-1\n"), "{hosts}");
         assert!(!hosts.contains("hidden"), "{hosts}");
         assert!(hosts.contains("10.0.0.1\tgw\n"), "{hosts}");

@@ -14,6 +14,5 @@ pub mod v1 {
 
 pub use v1::*;
 
-mod util;
 pub mod transport;
-
+mod util;

@@ -110,7 +110,9 @@ pub async fn connect(addr: &str) -> Result<Channel, TransportError> {
 
 /// Binds a unix socket only root can use (mode 0600), replacing a stale
 /// socket file left by a process that died.
-pub fn bind_unix(path: &Path) -> Result<tokio_stream::wrappers::UnixListenerStream, TransportError> {
+pub fn bind_unix(
+    path: &Path,
+) -> Result<tokio_stream::wrappers::UnixListenerStream, TransportError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| TransportError::Bind {
         path: path.to_path_buf(),

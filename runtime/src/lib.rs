@@ -12,6 +12,6 @@
 
 pub mod container;
 pub mod image;
+pub mod logs;
 pub mod net;
 pub mod shim;
-pub mod logs;

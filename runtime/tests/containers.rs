@@ -36,7 +36,8 @@ fn busybox_layer(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "sleep", "cat", "hostname", "id", "ps", "ls", "true",
+        "sh", "echo", "sleep", "cat", "hostname", "id", "ps", "ls", "true", "grep", "wc", "test",
+        "head", "tail",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -110,13 +111,12 @@ impl Drop for TestEnv {
                 let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        let parent = self.rt.cgroup_dirs("x");
-        for d in parent {
+        // The per-test cgroup parent: the parent of any container's cgroup dir.
+        for d in self.rt.cgroup_dirs("x") {
             if let Some(p) = d.parent() {
                 let _ = std::fs::remove_dir(p);
             }
         }
-        let _ = self.tmp.path();
     }
 }
 
@@ -268,7 +268,10 @@ fn runs_as_requested_user() {
     let mut spec = env.spec("unknown", &["true"]);
     spec.user = "nobody".into();
     let err = env.rt.create(&spec).unwrap_err();
-    assert!(err.to_string().contains("unable to find user nobody"), "{err}");
+    assert!(
+        err.to_string().contains("unable to find user nobody"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -281,7 +284,12 @@ fn second_runtime_adopts_running_container() {
     // The shim is detached from us: another session, not our child.
     let shim_pid = created.shim_pid.unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{shim_pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let (ppid, sid): (u32, i32) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
     assert_ne!(ppid, std::process::id());
     assert_ne!(sid, shim_pid, "the shim is not a session leader");
@@ -299,7 +307,10 @@ fn second_runtime_adopts_running_container() {
     rt2.kill(&spec.id, libc::SIGKILL).unwrap();
     let info = rt2.wait(&spec.id, Some(Duration::from_secs(60))).unwrap();
     assert_eq!(info.exit_code, Some(137));
-    assert_eq!(env.rt.inspect(&spec.id).unwrap().state, ContainerState::Exited);
+    assert_eq!(
+        env.rt.inspect(&spec.id).unwrap().state,
+        ContainerState::Exited
+    );
     match rt2.kill(&spec.id, libc::SIGTERM) {
         Err(ContainerError::Shim { message, .. }) => assert!(message.contains("not running")),
         other => panic!("expected not running, got {other:?}"),
@@ -342,7 +353,10 @@ fn remove_leaves_no_mount_cgroup_or_process() {
         assert_eq!(limit.trim(), (64u64 << 20).to_string());
     }
     if let Some(p) = cgroups.iter().find(|d| d.join("pids.max").exists()) {
-        assert_eq!(std::fs::read_to_string(p.join("pids.max")).unwrap().trim(), "64");
+        assert_eq!(
+            std::fs::read_to_string(p.join("pids.max")).unwrap().trim(),
+            "64"
+        );
     }
     // Own namespaces: pid, mount, uts, ipc, net differ from ours.
     for ns in ["pid", "mnt", "uts", "ipc", "net"] {
@@ -362,4 +376,221 @@ fn remove_leaves_no_mount_cgroup_or_process() {
         Err(ContainerError::NotFound { .. })
     ));
     assert!(env.rt.list().unwrap().is_empty());
+}
+
+#[test]
+fn docker_like_environment() {
+    let env = TestEnv::new("env");
+    let script = "grep CapEff /proc/self/status; \
+                  wc -c < /proc/interrupts; \
+                  grep ' /proc/sys ' /proc/self/mountinfo | grep -c ' ro,'; \
+                  test -c /dev/null && echo devnull; \
+                  ls /sys/class/net; cat /sys/class/net/lo/flags; \
+                  echo $HOME; \
+                  ps -o pid,comm";
+    let spec = env.spec("env", &["sh", "-c", script]);
+    let (info, entries) = run_to_exit(&env, &spec);
+    let out = lines(&entries, LogStream::Stdout);
+    assert_eq!(
+        info.exit_code,
+        Some(0),
+        "{out:?} {:?}",
+        lines(&entries, LogStream::Stderr)
+    );
+    // Docker's default capability set.
+    assert_eq!(out[0], "CapEff:\t00000000a80425fb\n");
+    // Masked path.
+    assert_eq!(out[1], "0\n");
+    // Read-only path.
+    assert_eq!(out[2], "1\n");
+    assert_eq!(out[3], "devnull\n");
+    // A new network namespace has only lo.
+    assert_eq!(out[4], "lo\n");
+    // ... and it is up (IFF_UP | IFF_LOOPBACK).
+    assert_eq!(out[5], "0x9\n");
+    assert_eq!(out[6], "/root\n");
+    // Only the container's own processes are visible: the shell exec'd ps
+    // as its last command, so ps is pid 1 and alone.
+    assert_eq!(
+        out[7].split_whitespace().collect::<Vec<_>>(),
+        ["PID", "COMMAND"]
+    );
+    assert_eq!(out[8].split_whitespace().collect::<Vec<_>>(), ["1", "ps"]);
+    assert_eq!(out.len(), 9, "{out:?}");
+}
+
+#[test]
+fn oom_kill_is_reported() {
+    let env = TestEnv::new("oom");
+    // tail -c keeps the last N bytes in memory: far more than the limit.
+    let mut spec = env.spec(
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "head -c 400000000 /dev/zero | tail -c 200000000 > /dev/null",
+        ],
+    );
+    spec.resources.memory_bytes = Some(32 << 20);
+    let (info, _) = run_to_exit(&env, &spec);
+    assert_eq!(info.exit_code, Some(137));
+    assert!(info.oom_killed);
+}
+
+/// Env var that turns `caller_helper` into a real caller process.
+const HELPER_ENV: &str = "FLOTILLA_TEST_CALLER";
+
+/// Not a test of its own: `container_survives_killed_caller` runs it in a
+/// child process (the "agent") that creates a container and is then SIGKILLed.
+#[test]
+#[ignore]
+fn caller_helper() {
+    let Ok(cfg) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let s = |k: &str| PathBuf::from(v[k].as_str().unwrap());
+    let rt = Runtime::new(RuntimeConfig {
+        state_dir: s("state_dir"),
+        run_dir: s("run_dir"),
+        cgroup_parent: v["cgroup_parent"].as_str().unwrap().into(),
+        shim_exe: shim_exe(),
+    })
+    .unwrap();
+    let spec = ContainerSpec {
+        id: v["id"].as_str().unwrap().into(),
+        hostname: "orphan".into(),
+        layers: vec![s("layer")],
+        args: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    rt.create(&spec).unwrap();
+    println!("CREATED");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn container_survives_killed_caller() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+
+    let env = TestEnv::new("orphan");
+    let id = format!("{}-svc", env.prefix);
+    let cfg = serde_json::json!({
+        "state_dir": env.cfg.state_dir,
+        "run_dir": env.cfg.run_dir,
+        "cgroup_parent": env.cfg.cgroup_parent,
+        "layer": env.layer,
+        "id": id,
+    });
+    let mut caller = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "caller_helper", "--ignored", "--nocapture"])
+        .env(HELPER_ENV, cfg.to_string())
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(caller.stdout.take().unwrap());
+    let created = out.lines().map_while(Result::ok).any(|l| l == "CREATED");
+    // Kill the caller's whole process group, as a crash or `kill -9` would.
+    let pgid = nix::unistd::Pid::from_raw(caller.id() as i32);
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    caller.wait().unwrap();
+    assert!(created, "the caller process did not create the container");
+
+    let info = env.rt.inspect(&id).unwrap();
+    assert_eq!(info.state, ContainerState::Running);
+    assert!(!process_gone(info.pid.unwrap()));
+    env.rt.kill(&id, libc::SIGKILL).unwrap();
+    let info = env.rt.wait(&id, Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(info.exit_code, Some(137));
+}
+
+#[test]
+fn remove_after_the_shim_died() {
+    let env = TestEnv::new("noshim");
+    let spec = env.spec("svc", &["sleep", "1000"]);
+    let info = env.rt.create(&spec).unwrap();
+    let (pid, shim_pid) = (info.pid.unwrap(), info.shim_pid.unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the shim dies", || process_gone(shim_pid));
+    let info = env.rt.inspect(&spec.id).unwrap();
+    assert_eq!(info.state, ContainerState::Unknown);
+    assert!(info.error.is_some());
+    assert!(matches!(
+        env.rt.kill(&spec.id, libc::SIGTERM),
+        Err(ContainerError::ShimGone { .. })
+    ));
+
+    env.rt.remove(&spec.id).unwrap();
+    assert!(!is_mounted(&env.rt.rootfs_path(&spec.id)));
+    assert!(env.rt.cgroup_dirs(&spec.id).iter().all(|d| !d.exists()));
+    eventually("the container's init dies", || process_gone(pid));
+    assert!(env.rt.list().unwrap().is_empty());
+}
+
+/// Kills and reaps a helper process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn joins_given_netns_and_bind_mounts_files() {
+    let env = TestEnv::new("join");
+    // A network namespace held open by a helper process.
+    let holder = ChildGuard(
+        std::process::Command::new("unshare")
+            .args(["--net", "sleep", "1000"])
+            .spawn()
+            .unwrap(),
+    );
+    let holder_ns = PathBuf::from(format!("/proc/{}/ns/net", holder.0.id()));
+    let own_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    eventually("the helper enters its netns", || {
+        std::fs::read_link(&holder_ns).is_ok_and(|n| n != own_ns)
+    });
+
+    let hosts = env.tmp.path().join("hosts");
+    std::fs::write(&hosts, "10.0.0.7 db\n").unwrap();
+    let mut spec = env.spec(
+        "netns",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/hosts; echo x >> /etc/hosts || echo read-only; sleep 1000",
+        ],
+    );
+    spec.netns = Some(holder_ns.clone());
+    spec.mounts = vec![flotilla_runtime::container::BindMount {
+        source: hosts.clone(),
+        target: "/etc/hosts".into(),
+        read_only: true,
+    }];
+    let info = env.rt.create(&spec).unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{}/ns/net", info.pid.unwrap())).unwrap();
+    assert_eq!(theirs, std::fs::read_link(&holder_ns).unwrap());
+
+    let log = env.rt.log_path(&spec.id);
+    eventually("the container reports", || {
+        logs::read(&log, None, None, None)
+            .unwrap()
+            .iter()
+            .any(|e| e.line == b"read-only\n")
+    });
+    let out = lines(
+        &logs::read(&log, None, None, None).unwrap(),
+        LogStream::Stdout,
+    );
+    assert_eq!(out, vec!["10.0.0.7 db\n", "read-only\n"]);
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "10.0.0.7 db\n");
+    env.rt.remove(&spec.id).unwrap();
 }

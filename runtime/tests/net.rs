@@ -28,13 +28,23 @@ const NS_DIR: &str = "/run/flotilla-test-netns";
 const SIM_COMMENT: &str = "flotilla-test-docker-sim";
 
 fn setup() -> String {
-    assert!(nix::unistd::geteuid().is_root(), "the net tests need root (netns, links, nftables)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the net tests need root (netns, links, nftables)"
+    );
     SWEEP.call_once(sweep_leftovers);
-    format!("ft{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "ft{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The pid in a test name `ft<pid>x...`, if it is one.
@@ -45,7 +55,9 @@ fn test_pid(name: &str) -> Option<u32> {
 }
 
 fn is_leftover(name: &str) -> bool {
-    test_pid(name).is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+    test_pid(name).is_some_and(|pid| {
+        pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    })
 }
 
 /// Removes links, namespaces and firewall rules of earlier runs that were
@@ -56,7 +68,10 @@ fn sweep_leftovers() {
             netns::remove(Path::new(NS_DIR), &name).unwrap();
         }
     }
-    let out = Command::new("ip").args(["-j", "link", "show"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for link in links.as_array().unwrap() {
         let name = link["ifname"].as_str().unwrap_or_default();
@@ -95,7 +110,11 @@ struct LinkGuard(String);
 
 impl Drop for LinkGuard {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        // Usually already gone: removing a namespace takes its veth pair with it.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -116,15 +135,35 @@ fn in_sandbox<T: Send>(p: &str, f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn ip_json(ns: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new("nsenter").arg(format!("--net={}", ns.display())).arg("ip").arg("-j").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?} in {}: {}", ns.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {}: {}",
+        ns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn ping_cmd(ns: &Path, ip: Ipv4Addr, count: u32) -> bool {
     Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
-        .args(["/bin/busybox", "ping", "-q", "-c", &count.to_string(), "-W", "2", &ip.to_string()])
+        .args([
+            "/bin/busybox",
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "2",
+            &ip.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap()
@@ -145,7 +184,9 @@ fn ping_blocked(ns: &Path, ip: Ipv4Addr) -> bool {
 /// A TCP round trip: a server in `server_ns` on `server_ip`, a client in
 /// `client_ns`. Returns the client address the server saw.
 fn tcp_roundtrip(server_ns: &Path, server_ip: Ipv4Addr, client_ns: &Path) -> SocketAddr {
-    let listener = netns::run_in(server_ns, || TcpListener::bind((server_ip, 0))).unwrap().unwrap();
+    let listener = netns::run_in(server_ns, || TcpListener::bind((server_ip, 0)))
+        .unwrap()
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
     let server = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
@@ -153,7 +194,9 @@ fn tcp_roundtrip(server_ns: &Path, server_ip: Ipv4Addr, client_ns: &Path) -> Soc
         let (mut conn, peer) = loop {
             match listener.accept() {
                 Ok(c) => break c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => return Err(e),
@@ -192,29 +235,57 @@ fn pick_subnet(routes: &[String]) -> u8 {
         .map(|i| start.wrapping_add(i))
         .find(|&x| {
             let net = u32::from(Ipv4Addr::new(10, 213, x, 0));
-            routes.iter().filter_map(|r| parse_v4_route(r)).all(|(r, len)| {
-                let common = len.min(24);
-                let mask = if common == 0 { 0 } else { u32::MAX << (32 - common) };
-                (r & mask) != (net & mask)
-            })
+            routes
+                .iter()
+                .filter_map(|r| parse_v4_route(r))
+                .all(|(r, len)| {
+                    let common = len.min(24);
+                    let mask = if common == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - common)
+                    };
+                    (r & mask) != (net & mask)
+                })
         })
         .expect("no free 10.213.x.0/24")
 }
 
 fn ruleset() -> String {
-    let out = Command::new("nft").args(["list", "ruleset"]).output().unwrap();
+    let out = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn nft(script: &str) {
-    let mut child = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "nft script failed:\n{script}");
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft script failed:\n{script}"
+    );
 }
 
 fn nft_ok(args: &[&str]) -> bool {
-    Command::new("nft").args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap().success()
+    Command::new("nft")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
 }
 
 /// A container: namespace plus veth on `bridge`, at `10.213.<x>.<host>`.
@@ -224,12 +295,33 @@ struct Container {
     _veth: LinkGuard,
 }
 
-async fn container(nl: &Netlink, p: &str, tag: &str, bridge: &str, ip: Ipv4Addr, gateway: Ipv4Addr, prefix: u8) -> Container {
+async fn container(
+    nl: &Netlink,
+    p: &str,
+    tag: &str,
+    bridge: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    prefix: u8,
+) -> Container {
     let ns = Ns::new(format!("{p}{tag}"));
     let host_if = format!("{p}{tag}");
     let veth = LinkGuard(host_if.clone());
-    nl.attach(bridge, &host_if, &ns.path, &format!("{ip}/{prefix}"), &gateway.to_string(), &mac_for(ip)).await.unwrap();
-    Container { ns, ip, _veth: veth }
+    nl.attach(
+        bridge,
+        &host_if,
+        &ns.path,
+        &format!("{ip}/{prefix}"),
+        &gateway.to_string(),
+        &mac_for(ip),
+    )
+    .await
+    .unwrap();
+    Container {
+        ns,
+        ip,
+        _veth: veth,
+    }
 }
 
 #[test]
@@ -243,11 +335,23 @@ fn netns_create_list_remove() {
     assert!(netns::list(dir).unwrap().contains(&name));
     // lo is up inside, and it is a different namespace from ours.
     let lo = ip_json(&ns.path, &["link", "show", "dev", "lo"]);
-    assert!(lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "{lo}");
-    let inside = netns::run_in(&ns.path, || std::fs::read_link("/proc/thread-self/ns/net").unwrap()).unwrap();
-    assert_ne!(inside, std::fs::read_link("/proc/thread-self/ns/net").unwrap());
+    assert!(
+        lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{lo}"
+    );
+    let inside = netns::run_in(&ns.path, || {
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap()
+    })
+    .unwrap();
+    assert_ne!(
+        inside,
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap()
+    );
     // Creating it again refuses rather than silently reusing a live namespace.
-    assert!(matches!(netns::create(dir, &name), Err(NetError::Exists { .. })));
+    assert!(matches!(
+        netns::create(dir, &name),
+        Err(NetError::Exists { .. })
+    ));
     netns::remove(dir, &name).unwrap();
     assert!(!ns.path.exists());
     assert!(!netns::list(dir).unwrap().contains(&name));
@@ -265,9 +369,15 @@ fn bridge_connects_two_namespaces_and_gateway() {
         let gw = Ipv4Addr::new(10, 213, x, 1);
         let br = format!("{p}b");
         let _br = LinkGuard(br.clone());
-        nl.ensure_bridge(&br, &format!("{gw}/24"), None).await.unwrap();
+        nl.ensure_bridge(&br, &format!("{gw}/24"), None)
+            .await
+            .unwrap();
         assert!(nl.link_exists(&br).await.unwrap());
-        assert!(nl.host_routes().await.unwrap().contains(&format!("10.213.{x}.0/24")));
+        assert!(nl
+            .host_routes()
+            .await
+            .unwrap()
+            .contains(&format!("10.213.{x}.0/24")));
 
         let c1 = container(&nl, &p, "c1", &br, Ipv4Addr::new(10, 213, x, 2), gw, 24).await;
         let c2 = container(&nl, &p, "c2", &br, Ipv4Addr::new(10, 213, x, 3), gw, 24).await;
@@ -276,12 +386,20 @@ fn bridge_connects_two_namespaces_and_gateway() {
         let eth0 = ip_json(&c1.ns.path, &["addr", "show", "dev", "eth0"]);
         assert_eq!(eth0[0]["address"], mac_for(c1.ip), "{eth0}");
         let addrs = eth0[0]["addr_info"].as_array().unwrap();
-        assert!(addrs.iter().any(|a| a["local"] == c1.ip.to_string() && a["prefixlen"] == 24), "{eth0}");
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a["local"] == c1.ip.to_string() && a["prefixlen"] == 24),
+            "{eth0}"
+        );
         let default = ip_json(&c1.ns.path, &["route", "show", "default"]);
         assert_eq!(default[0]["gateway"], gw.to_string(), "{default}");
         assert_eq!(default[0]["dev"], "eth0", "{default}");
         // Host end is on the bridge.
-        let host_end = ip_json(Path::new("/proc/self/ns/net"), &["link", "show", "dev", &format!("{p}c1")]);
+        let host_end = ip_json(
+            Path::new("/proc/self/ns/net"),
+            &["link", "show", "dev", &format!("{p}c1")],
+        );
         assert_eq!(host_end[0]["master"], br.as_str(), "{host_end}");
 
         assert!(ping(&c1.ns.path, c2.ip), "c1 -> c2");
@@ -294,12 +412,23 @@ fn bridge_connects_two_namespaces_and_gateway() {
         nl.delete_link(&format!("{p}c1")).await.unwrap();
         assert!(!nl.link_exists(&format!("{p}c1")).await.unwrap());
         let links = ip_json(&c1.ns.path, &["link", "show"]);
-        assert!(links.as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"), "{links}");
+        assert!(
+            links
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["ifname"] != "eth0"),
+            "{links}"
+        );
         nl.delete_link(&format!("{p}c1")).await.unwrap();
 
         nl.delete_link(&br).await.unwrap();
         assert!(!nl.link_exists(&br).await.unwrap());
-        assert!(!nl.host_routes().await.unwrap().contains(&format!("10.213.{x}.0/24")));
+        assert!(!nl
+            .host_routes()
+            .await
+            .unwrap()
+            .contains(&format!("10.213.{x}.0/24")));
     });
 }
 
@@ -311,19 +440,41 @@ fn ensure_bridge_and_attach_are_idempotent() {
         rt().block_on(async {
             let nl = Netlink::connect().await.unwrap();
             let br = format!("{p}b");
-            nl.ensure_bridge(&br, "10.213.7.1/24", Some(1400)).await.unwrap();
-            nl.ensure_bridge(&br, "10.213.7.1/24", Some(1400)).await.unwrap();
+            nl.ensure_bridge(&br, "10.213.7.1/24", Some(1400))
+                .await
+                .unwrap();
+            nl.ensure_bridge(&br, "10.213.7.1/24", Some(1400))
+                .await
+                .unwrap();
             let here = Path::new("/proc/thread-self/ns/net");
             let link = ip_json(here, &["addr", "show", "dev", &br]);
             assert_eq!(link[0]["mtu"], 1400, "{link}");
-            assert_eq!(link[0]["address"], mac_for(Ipv4Addr::new(10, 213, 7, 1)), "{link}");
-            let v4: Vec<_> = link[0]["addr_info"].as_array().unwrap().iter().filter(|a| a["family"] == "inet").collect();
+            let bridge_mac = link[0]["address"].as_str().unwrap().to_string();
+            let first = u8::from_str_radix(&bridge_mac[..2], 16).unwrap();
+            assert_eq!(
+                first & 3,
+                2,
+                "locally administered unicast MAC {bridge_mac}"
+            );
+            let v4: Vec<_> = link[0]["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["family"] == "inet")
+                .collect();
             assert_eq!(v4.len(), 1, "{link}");
 
             // A new gateway replaces the old one rather than adding a second.
-            nl.ensure_bridge(&br, "10.213.8.1/24", Some(1400)).await.unwrap();
+            nl.ensure_bridge(&br, "10.213.8.1/24", Some(1400))
+                .await
+                .unwrap();
             let link = ip_json(here, &["addr", "show", "dev", &br]);
-            let v4: Vec<_> = link[0]["addr_info"].as_array().unwrap().iter().filter(|a| a["family"] == "inet").collect();
+            let v4: Vec<_> = link[0]["addr_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["family"] == "inet")
+                .collect();
             assert_eq!(v4.len(), 1, "{link}");
             assert_eq!(v4[0]["local"], "10.213.8.1", "{link}");
             let routes = nl.host_routes().await.unwrap();
@@ -332,24 +483,87 @@ fn ensure_bridge_and_attach_are_idempotent() {
 
             // A non-bridge of that name is refused.
             let dummy = format!("{p}d");
-            assert!(Command::new("ip").args(["link", "add", &dummy, "type", "dummy"]).status().unwrap().success());
-            assert!(matches!(nl.ensure_bridge(&dummy, "10.213.9.1/24", None).await, Err(NetError::NotABridge { .. })));
+            let peer = format!("{p}e");
+            assert!(Command::new("ip")
+                .args(["link", "add", &dummy, "type", "veth", "peer", "name", &peer])
+                .status()
+                .unwrap()
+                .success());
+            assert!(matches!(
+                nl.ensure_bridge(&dummy, "10.213.9.1/24", None).await,
+                Err(NetError::NotABridge { .. })
+            ));
 
             // Attaching twice (a retry after a crash) replaces the old veth.
             let gw = Ipv4Addr::new(10, 213, 8, 1);
             let c1 = container(&nl, &p, "c1", &br, Ipv4Addr::new(10, 213, 8, 2), gw, 24).await;
             let c2 = container(&nl, &p, "c2", &br, Ipv4Addr::new(10, 213, 8, 3), gw, 24).await;
-            nl.attach(&br, &format!("{p}c1"), &c1.ns.path, "10.213.8.2/24", "10.213.8.1", &mac_for(c1.ip)).await.unwrap();
+            nl.attach(
+                &br,
+                &format!("{p}c1"),
+                &c1.ns.path,
+                "10.213.8.2/24",
+                "10.213.8.1",
+                &mac_for(c1.ip),
+            )
+            .await
+            .unwrap();
             let eth0 = ip_json(&c1.ns.path, &["link", "show", "dev", "eth0"]);
             assert_eq!(eth0[0]["mtu"], 1400, "veth takes the bridge's MTU: {eth0}");
             assert!(ping(&c2.ns.path, c1.ip));
+            let link = ip_json(here, &["link", "show", "dev", &br]);
+            assert_eq!(
+                link[0]["address"],
+                bridge_mac.as_str(),
+                "the bridge keeps its MAC as ports come and go"
+            );
 
             // Bad input is refused before anything is created.
-            assert!(nl.attach(&br, "this-name-is-too-long", &c1.ns.path, "10.213.8.4/24", "10.213.8.1", "02:42:00:00:00:01").await.is_err());
-            assert!(nl.attach(&br, &format!("{p}c3"), &c1.ns.path, "10.213.8.4", "10.213.8.1", "02:42:00:00:00:01").await.is_err());
-            assert!(nl.attach("nosuchbridge0", &format!("{p}c3"), &c1.ns.path, "10.213.8.4/24", "10.213.8.1", "02:42:00:00:00:01").await.is_err());
+            assert!(nl
+                .attach(
+                    &br,
+                    "this-name-is-too-long",
+                    &c1.ns.path,
+                    "10.213.8.4/24",
+                    "10.213.8.1",
+                    "02:42:00:00:00:01"
+                )
+                .await
+                .is_err());
+            assert!(nl
+                .attach(
+                    &br,
+                    &format!("{p}c3"),
+                    &c1.ns.path,
+                    "10.213.8.4",
+                    "10.213.8.1",
+                    "02:42:00:00:00:01"
+                )
+                .await
+                .is_err());
+            assert!(nl
+                .attach(
+                    "nosuchbridge0",
+                    &format!("{p}c3"),
+                    &c1.ns.path,
+                    "10.213.8.4/24",
+                    "10.213.8.1",
+                    "02:42:00:00:00:01"
+                )
+                .await
+                .is_err());
             // eth0 already exists in c1's namespace: creation fails and leaves no host end behind.
-            assert!(nl.attach(&br, &format!("{p}c3"), &c1.ns.path, "10.213.8.4/24", "10.213.8.1", "02:42:00:00:00:01").await.is_err());
+            assert!(nl
+                .attach(
+                    &br,
+                    &format!("{p}c3"),
+                    &c1.ns.path,
+                    "10.213.8.4/24",
+                    "10.213.8.1",
+                    "02:42:00:00:00:01"
+                )
+                .await
+                .is_err());
             assert!(!nl.link_exists(&format!("{p}c3")).await.unwrap());
         })
     });
@@ -371,12 +585,23 @@ fn firewall_rules_are_added_and_removed_exactly() {
         let once = ruleset();
         firewall::add_network(&a, "10.213.1.0/24", false).unwrap();
         assert_eq!(ruleset(), once, "add_network is idempotent");
-        assert!(once.contains(&format!("ip saddr 10.213.1.0/24 oifname != \"{a}\" masquerade")), "{once}");
+        assert!(
+            once.contains(&format!(
+                "ip saddr 10.213.1.0/24 oifname != \"{a}\" masquerade"
+            )),
+            "{once}"
+        );
 
         firewall::add_network(&b, "10.213.2.5/24", true).unwrap();
         let both = ruleset();
-        assert!(!both.contains("10.213.2.0/24"), "internal networks are not masqueraded: {both}");
-        assert_eq!(firewall::list_networks().unwrap(), vec![a.clone(), b.clone()]);
+        assert!(
+            !both.contains("10.213.2.0/24"),
+            "internal networks are not masqueraded: {both}"
+        );
+        assert_eq!(
+            firewall::list_networks().unwrap(),
+            vec![a.clone(), b.clone()]
+        );
 
         firewall::remove_network(&a).unwrap();
         assert_eq!(firewall::list_networks().unwrap(), vec![b.clone()]);
@@ -390,7 +615,11 @@ fn firewall_rules_are_added_and_removed_exactly() {
         assert_eq!(ruleset(), before, "a refused call changes nothing");
 
         firewall::teardown().unwrap();
-        assert_eq!(ruleset().trim(), "", "teardown leaves the (sandbox's empty) ruleset as it was");
+        assert_eq!(
+            ruleset().trim(),
+            "",
+            "teardown leaves the (sandbox's empty) ruleset as it was"
+        );
     });
 }
 
@@ -398,8 +627,19 @@ fn firewall_rules_are_added_and_removed_exactly() {
 /// bridge in the sandbox host, at 198.18.0.2 (the host side is 198.18.0.1).
 async fn outside(nl: &Netlink, p: &str) -> Container {
     let uplink = format!("{p}u");
-    nl.ensure_bridge(&uplink, "198.18.0.1/24", None).await.unwrap();
-    container(nl, p, "o", &uplink, Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 1), 24).await
+    nl.ensure_bridge(&uplink, "198.18.0.1/24", None)
+        .await
+        .unwrap();
+    container(
+        nl,
+        p,
+        "o",
+        &uplink,
+        Ipv4Addr::new(198, 18, 0, 2),
+        Ipv4Addr::new(198, 18, 0, 1),
+        24,
+    )
+    .await
 }
 
 #[test]
@@ -415,10 +655,31 @@ fn forwarding_nat_and_isolation() {
             let (a, b) = (format!("{p}a"), format!("{p}b"));
             nl.ensure_bridge(&a, "10.213.1.1/24", None).await.unwrap();
             nl.ensure_bridge(&b, "10.213.2.1/24", None).await.unwrap();
-            let c1 = container(&nl, &p, "c1", &a, Ipv4Addr::new(10, 213, 1, 2), Ipv4Addr::new(10, 213, 1, 1), 24).await;
-            let c2 = container(&nl, &p, "c2", &b, Ipv4Addr::new(10, 213, 2, 2), Ipv4Addr::new(10, 213, 2, 1), 24).await;
+            let c1 = container(
+                &nl,
+                &p,
+                "c1",
+                &a,
+                Ipv4Addr::new(10, 213, 1, 2),
+                Ipv4Addr::new(10, 213, 1, 1),
+                24,
+            )
+            .await;
+            let c2 = container(
+                &nl,
+                &p,
+                "c2",
+                &b,
+                Ipv4Addr::new(10, 213, 2, 2),
+                Ipv4Addr::new(10, 213, 2, 1),
+                24,
+            )
+            .await;
             // Without rules the sandbox routes between the networks.
-            assert!(ping(&c1.ns.path, c2.ip), "plain routing works before any rule");
+            assert!(
+                ping(&c1.ns.path, c2.ip),
+                "plain routing works before any rule"
+            );
 
             let _ga = RulesGuard(a.clone());
             let _gb = RulesGuard(b.clone());
@@ -428,22 +689,39 @@ fn forwarding_nat_and_isolation() {
             // Non-internal: reaches the outside, masqueraded behind the uplink address.
             assert!(ping(&c1.ns.path, o.ip));
             let seen = tcp_roundtrip(&o.ns.path, o.ip, &c1.ns.path);
-            assert_eq!(seen.ip(), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), "source NAT");
+            assert_eq!(
+                seen.ip(),
+                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                "source NAT"
+            );
             // Networks are isolated from each other; internal has no way out.
             assert!(ping_blocked(&c1.ns.path, c2.ip), "a -> b must be dropped");
             assert!(ping_blocked(&c2.ns.path, c1.ip), "b -> a must be dropped");
-            assert!(ping_blocked(&c2.ns.path, o.ip), "internal b -> outside must be dropped");
+            assert!(
+                ping_blocked(&c2.ns.path, o.ip),
+                "internal b -> outside must be dropped"
+            );
             // Nothing from outside gets in unless it is a reply.
-            assert!(ping_blocked(&o.ns.path, c1.ip), "outside -> a must be dropped");
+            assert!(
+                ping_blocked(&o.ns.path, c1.ip),
+                "outside -> a must be dropped"
+            );
             // The gateway stays reachable from an internal network.
             assert!(ping(&c2.ns.path, Ipv4Addr::new(10, 213, 2, 1)));
 
             firewall::remove_network(&a).unwrap();
             firewall::remove_network(&b).unwrap();
-            assert!(ping(&c1.ns.path, c2.ip), "rules removed: routing is back to plain");
+            assert!(
+                ping(&c1.ns.path, c2.ip),
+                "rules removed: routing is back to plain"
+            );
         })
     });
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_forwarding, "the real host's forwarding setting is untouched");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_forwarding,
+        "the real host's forwarding setting is untouched"
+    );
 }
 
 /// Simulates Docker's iptables-nft setup in the current namespace:
@@ -454,13 +732,60 @@ struct DockerSim {
     created_table: bool,
     created_user: bool,
     created_forward: bool,
+    via_iptables: bool,
+}
+
+fn has_iptables() -> bool {
+    Command::new("iptables")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn iptables_rules(chain: &str) -> String {
+    let out = Command::new("iptables")
+        .args(["-S", chain])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "iptables -S {chain}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 impl DockerSim {
     fn new(with_user: bool) -> DockerSim {
         let created_table = !nft_ok(&["list", "table", "ip", "filter"]);
+        if created_table && with_user && has_iptables() {
+            // Exactly what Docker runs, through iptables-nft.
+            for args in [
+                &["-P", "FORWARD", "DROP"][..],
+                &["-N", "DOCKER-USER"],
+                &["-A", "DOCKER-USER", "-j", "RETURN"],
+                &["-A", "FORWARD", "-j", "DOCKER-USER"],
+            ] {
+                assert!(
+                    Command::new("iptables")
+                        .args(args)
+                        .status()
+                        .unwrap()
+                        .success(),
+                    "iptables {args:?}"
+                );
+            }
+            return DockerSim {
+                created_table,
+                created_user: true,
+                created_forward: true,
+                via_iptables: true,
+            };
+        }
         if created_table {
-            nft(&format!("add table ip filter {{ comment \"{SIM_COMMENT}\"; }}\n"));
+            nft(&format!(
+                "add table ip filter {{ comment \"{SIM_COMMENT}\"; }}\n"
+            ));
         }
         let created_forward = !nft_ok(&["list", "chain", "ip", "filter", "FORWARD"]);
         if created_forward {
@@ -475,30 +800,56 @@ impl DockerSim {
                  insert rule ip filter FORWARD counter jump DOCKER-USER comment \"{SIM_COMMENT}\"\n"
             ));
         }
-        DockerSim { created_table, created_user, created_forward }
+        DockerSim {
+            created_table,
+            created_user,
+            created_forward,
+            via_iptables: false,
+        }
     }
 }
 
 impl Drop for DockerSim {
     fn drop(&mut self) {
         if self.created_table {
-            let _ = Command::new("nft").args(["delete", "table", "ip", "filter"]).status();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", "filter"])
+                .status();
             return;
         }
         if self.created_user {
-            let _ = Command::new("nft").args(["flush", "chain", "ip", "filter", "DOCKER-USER"]).status();
-            let out = Command::new("nft").args(["-a", "list", "chain", "ip", "filter", "FORWARD"]).output().unwrap();
+            let _ = Command::new("nft")
+                .args(["flush", "chain", "ip", "filter", "DOCKER-USER"])
+                .status();
+            let out = Command::new("nft")
+                .args(["-a", "list", "chain", "ip", "filter", "FORWARD"])
+                .output()
+                .unwrap();
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 if line.contains(SIM_COMMENT) {
                     if let Some(handle) = line.rsplit("# handle ").next() {
-                        let _ = Command::new("nft").args(["delete", "rule", "ip", "filter", "FORWARD", "handle", handle.trim()]).status();
+                        let _ = Command::new("nft")
+                            .args([
+                                "delete",
+                                "rule",
+                                "ip",
+                                "filter",
+                                "FORWARD",
+                                "handle",
+                                handle.trim(),
+                            ])
+                            .status();
                     }
                 }
             }
-            let _ = Command::new("nft").args(["delete", "chain", "ip", "filter", "DOCKER-USER"]).status();
+            let _ = Command::new("nft")
+                .args(["delete", "chain", "ip", "filter", "DOCKER-USER"])
+                .status();
         }
         if self.created_forward {
-            let _ = Command::new("nft").args(["delete", "chain", "ip", "filter", "FORWARD"]).status();
+            let _ = Command::new("nft")
+                .args(["delete", "chain", "ip", "filter", "FORWARD"])
+                .status();
         }
     }
 }
@@ -513,21 +864,57 @@ fn docker_forward_drop(with_user: bool) {
             let o = outside(&nl, &p).await;
             let br = format!("{p}a");
             nl.ensure_bridge(&br, "10.213.1.1/24", None).await.unwrap();
-            let c1 = container(&nl, &p, "c1", &br, Ipv4Addr::new(10, 213, 1, 2), Ipv4Addr::new(10, 213, 1, 1), 24).await;
-            let c2 = container(&nl, &p, "c2", &br, Ipv4Addr::new(10, 213, 1, 3), Ipv4Addr::new(10, 213, 1, 1), 24).await;
+            let c1 = container(
+                &nl,
+                &p,
+                "c1",
+                &br,
+                Ipv4Addr::new(10, 213, 1, 2),
+                Ipv4Addr::new(10, 213, 1, 1),
+                24,
+            )
+            .await;
+            let c2 = container(
+                &nl,
+                &p,
+                "c2",
+                &br,
+                Ipv4Addr::new(10, 213, 1, 3),
+                Ipv4Addr::new(10, 213, 1, 1),
+                24,
+            )
+            .await;
             let before = ruleset();
             {
                 let sim = DockerSim::new(with_user);
                 assert!(sim.created_forward, "the sandbox has no Docker of its own");
                 let chain = if with_user { "DOCKER-USER" } else { "FORWARD" };
                 if firewall::br_netfilter_enabled() {
-                    assert!(ping_blocked(&c1.ns.path, c2.ip), "the simulated FORWARD drop blocks same-bridge traffic");
+                    assert!(
+                        ping_blocked(&c1.ns.path, c2.ip),
+                        "the simulated FORWARD drop blocks same-bridge traffic"
+                    );
                 }
-                assert!(ping_blocked(&c1.ns.path, o.ip), "the simulated FORWARD drop blocks routed traffic");
+                assert!(
+                    ping_blocked(&c1.ns.path, o.ip),
+                    "the simulated FORWARD drop blocks routed traffic"
+                );
 
                 let _rules = RulesGuard(br.clone());
+                let docker_view = sim.via_iptables.then(|| iptables_rules(chain));
                 firewall::add_network(&br, "10.213.1.0/24", false).unwrap();
-                assert!(ping(&c1.ns.path, c2.ip), "same bridge despite Docker's drop");
+                if sim.via_iptables {
+                    // Docker's own tool still reads the table, and sees plain iptables rules.
+                    let view = iptables_rules(chain);
+                    for dir in ["-i", "-o"] {
+                        let rule = format!("-A {chain} {dir} {br} -m comment --comment \"flotilla:{br}\" -j ACCEPT");
+                        assert!(view.contains(&rule), "{view}");
+                    }
+                }
+                assert!(
+                    ping(&c1.ns.path, c2.ip),
+                    "same bridge despite Docker's drop"
+                );
                 assert!(ping(&c2.ns.path, c1.ip));
                 assert!(ping(&c1.ns.path, o.ip), "outbound despite Docker's drop");
                 assert_eq!(
@@ -535,19 +922,42 @@ fn docker_forward_drop(with_user: bool) {
                     IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))
                 );
                 let docker_chain = String::from_utf8(
-                    Command::new("nft").args(["list", "chain", "ip", "filter", chain]).output().unwrap().stdout,
+                    Command::new("nft")
+                        .args(["list", "chain", "ip", "filter", chain])
+                        .output()
+                        .unwrap()
+                        .stdout,
                 )
                 .unwrap();
-                assert_eq!(docker_chain.matches(&format!("comment \"flotilla:{br}\"")).count(), 2, "{docker_chain}");
-                assert!(docker_chain.contains("policy drop") || with_user, "Docker's policy is unchanged: {docker_chain}");
+                assert_eq!(
+                    docker_chain
+                        .matches(&format!("comment \"flotilla:{br}\""))
+                        .count(),
+                    2,
+                    "{docker_chain}"
+                );
+                assert!(
+                    docker_chain.contains("policy drop") || with_user,
+                    "Docker's policy is unchanged: {docker_chain}"
+                );
 
                 firewall::remove_network(&br).unwrap();
                 let docker_chain = String::from_utf8(
-                    Command::new("nft").args(["list", "chain", "ip", "filter", chain]).output().unwrap().stdout,
+                    Command::new("nft")
+                        .args(["list", "chain", "ip", "filter", chain])
+                        .output()
+                        .unwrap()
+                        .stdout,
                 )
                 .unwrap();
                 assert!(!docker_chain.contains("flotilla:"), "{docker_chain}");
-                assert!(ping_blocked(&c1.ns.path, o.ip), "our accepts are gone again");
+                if let Some(view) = docker_view {
+                    assert_eq!(iptables_rules(chain), view, "Docker's chain is back as it was");
+                }
+                assert!(
+                    ping_blocked(&c1.ns.path, o.ip),
+                    "our accepts are gone again"
+                );
             }
             // The simulation removed exactly what it added; only our own base table remains.
             firewall::teardown().unwrap();

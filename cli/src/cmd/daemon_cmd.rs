@@ -22,7 +22,10 @@ pub async fn run(g: &Global, c: &DaemonCmd) -> Result<i32> {
             println!("  version:     {}", info.version);
             println!("  pid:         {}", info.pid);
             println!("  node id:     {}", info.node_id);
-            println!("  raft id:     {:x} (leader: {})", info.raft_id, info.is_leader);
+            println!(
+                "  raft id:     {:x} (leader: {})",
+                info.raft_id, info.is_leader
+            );
             println!("  applied:     {} (term {})", info.applied_index, info.term);
             println!("  state dir:   {}", info.state_dir);
             println!("  stacks:      {}  tasks: {}", info.stacks, info.tasks);

@@ -92,7 +92,12 @@ async fn ls(ctl: &mut Control) -> Result<i32> {
     let mut rows = Vec::new();
     for node in &resp.nodes {
         for img in &node.images {
-            let short = img.id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+            let short = img
+                .id
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>();
             let refs = if img.references.is_empty() {
                 vec!["<none>:<none>".to_string()]
             } else {
@@ -226,8 +231,14 @@ mod tests {
     #[test]
     fn splits_references() {
         assert_eq!(split_ref("busybox:1.36"), ("busybox".into(), "1.36".into()));
-        assert_eq!(split_ref("localhost:5000/x"), ("localhost:5000/x".into(), "latest".into()));
-        assert_eq!(split_ref("localhost:5000/x:2"), ("localhost:5000/x".into(), "2".into()));
+        assert_eq!(
+            split_ref("localhost:5000/x"),
+            ("localhost:5000/x".into(), "latest".into())
+        );
+        assert_eq!(
+            split_ref("localhost:5000/x:2"),
+            ("localhost:5000/x".into(), "2".into())
+        );
     }
 
     #[test]

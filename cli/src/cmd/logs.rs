@@ -48,7 +48,9 @@ pub async fn stream(ctl: &mut Control, stack: &str, a: &LogsArgs) -> Result<()> 
         let prefix = format!("{}-{}", line.service, line.slot);
         width = width.max(prefix.len());
         let n = colors.len();
-        let c = *colors.entry(line.service.clone()).or_insert(render::color_for(n));
+        let c = *colors
+            .entry(line.service.clone())
+            .or_insert(render::color_for(n));
         let mut out = stdout.lock();
         if !a.no_log_prefix {
             if color {

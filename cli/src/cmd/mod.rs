@@ -17,7 +17,26 @@ use flotilla_compose::{LoadOptions, Project};
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn dispatch(cli: Cli) -> Result<i32> {
-    let g = &cli.global;
+    let mut global = cli.global.clone();
+    let extra = match &cli.command {
+        Command::Up(a) => a.file.files.clone(),
+        Command::Down(a) => a.file.files.clone(),
+        Command::Ps(a) => a.file.files.clone(),
+        Command::Config(a) => a.file.files.clone(),
+        _ => Vec::new(),
+    };
+    if !extra.is_empty() {
+        // Files named after the command replace COMPOSE_FILE, like files
+        // named before it.
+        let from_env: Vec<std::path::PathBuf> = std::env::var("COMPOSE_FILE")
+            .map(|v| v.split(':').map(Into::into).collect())
+            .unwrap_or_default();
+        if !from_env.is_empty() && global.files == from_env {
+            global.files.clear();
+        }
+        global.files.extend(extra);
+    }
+    let g = &global;
     match &cli.command {
         Command::Up(a) => up::run(g, a).await,
         Command::Down(a) => down::run(g, a).await,

@@ -52,17 +52,31 @@ pub async fn run(g: &Global, a: &PsArgs) -> Result<i32> {
         .nodes
         .iter()
         .map(|n| {
-            let host = n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+            let host = n
+                .description
+                .as_ref()
+                .map(|d| d.hostname.clone())
+                .unwrap_or_default();
             (n.id.clone(), host)
         })
         .collect();
     let tasks: Vec<pb::Task> = newest_per_slot(resp.tasks)
         .into_iter()
-        .filter(|t| a.all || render::state_word(t) == "running" || render::state_word(t) == "created" && !t.desired_state().is_terminal())
+        .filter(|t| {
+            a.all
+                || render::state_word(t) == "running"
+                || render::state_word(t) == "created" && !t.desired_state().is_terminal()
+        })
         .collect();
     if a.quiet {
         for t in &tasks {
-            println!("{}", t.status.as_ref().map(|s| s.container_id.clone()).unwrap_or_default());
+            println!(
+                "{}",
+                t.status
+                    .as_ref()
+                    .map(|s| s.container_id.clone())
+                    .unwrap_or_default()
+            );
         }
         return Ok(0);
     }
@@ -87,7 +101,10 @@ pub async fn run(g: &Global, a: &PsArgs) -> Result<i32> {
             ]
         })
         .collect();
-    render::table(&["NAME", "IMAGE", "SERVICE", "STATUS", "PORTS", "NODE", "IP"], &rows);
+    render::table(
+        &["NAME", "IMAGE", "SERVICE", "STATUS", "PORTS", "NODE", "IP"],
+        &rows,
+    );
     Ok(0)
 }
 

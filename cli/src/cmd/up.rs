@@ -39,7 +39,13 @@ pub async fn run(g: &Global, a: &UpArgs) -> Result<i32> {
     } else {
         a.services.iter().cloned().collect()
     };
-    let code = wait_running(&mut ctl, &spec.name, &wanted, Duration::from_secs(a.wait_timeout)).await?;
+    let code = wait_running(
+        &mut ctl,
+        &spec.name,
+        &wanted,
+        Duration::from_secs(a.wait_timeout),
+    )
+    .await?;
     if code != 0 || a.detach || a.wait {
         let _ = resp;
         return Ok(code);
@@ -65,7 +71,8 @@ async fn pin_images(ctl: &mut Control, spec: &mut pb::StackSpec) -> Result<()> {
     for r in &resolved.images {
         match (&r.image, r.found) {
             (Some(img), true) => {
-                ids.entry(r.reference.clone()).or_insert_with(|| img.id.clone());
+                ids.entry(r.reference.clone())
+                    .or_insert_with(|| img.id.clone());
             }
             _ => {
                 if !r.error.is_empty() {
@@ -88,7 +95,11 @@ async fn pin_images(ctl: &mut Control, spec: &mut pb::StackSpec) -> Result<()> {
             .filter(|s| !ids.contains_key(&s.image))
             .map(|s| s.name.clone())
             .collect();
-        bail!("{} (needed by service {})", missing.join("; "), users.join(", "));
+        bail!(
+            "{} (needed by service {})",
+            missing.join("; "),
+            users.join(", ")
+        );
     }
     for s in spec.services.iter_mut() {
         if let Some(id) = ids.get(&s.image) {
@@ -121,7 +132,10 @@ async fn wait_running(
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let ev = match tokio::time::timeout(remaining, events.next()).await {
-            Err(_) => bail!("timed out after {}s waiting for stack {stack} to start", timeout.as_secs()),
+            Err(_) => bail!(
+                "timed out after {}s waiting for stack {stack} to start",
+                timeout.as_secs()
+            ),
             Ok(None) => bail!("the daemon closed the event stream"),
             Ok(Some(ev)) => ev.map_err(|s| client::status_err("watching the stack", s))?,
         };
@@ -147,12 +161,17 @@ async fn wait_running(
         if matches!(status.state(), pb::TaskState::Rejected)
             || (status.state() == pb::TaskState::Failed && no_restart(&task))
         {
-            let why = if status.err.is_empty() { status.message.clone() } else { status.err.clone() };
+            let why = if status.err.is_empty() {
+                status.message.clone()
+            } else {
+                status.err.clone()
+            };
             bail!("service {} failed to start: {why}", task.service_name);
         }
         latest.insert(key, task);
         let done = wanted.iter().all(|svc| {
-            let tasks: Vec<&pb::Task> = latest.values().filter(|t| &t.service_name == svc).collect();
+            let tasks: Vec<&pb::Task> =
+                latest.values().filter(|t| &t.service_name == svc).collect();
             let want = tasks
                 .first()
                 .and_then(|t| t.spec.as_ref())
@@ -182,7 +201,14 @@ fn no_restart(t: &pb::Task) -> bool {
 /// Attached mode: stream logs until Ctrl-C, then stop the stack's services
 /// (desired state "stopped", through the manager) like Compose.
 async fn attach(g: &Global, ctl: &mut Control, spec: &pb::StackSpec) -> Result<i32> {
-    println!("Attaching to {}", spec.services.iter().map(|s| format!("{}-1", s.name)).collect::<Vec<_>>().join(", "));
+    println!(
+        "Attaching to {}",
+        spec.services
+            .iter()
+            .map(|s| format!("{}-1", s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let args = crate::opts::LogsArgs {
         follow: true,
         tail: "all".into(),
@@ -193,7 +219,8 @@ async fn attach(g: &Global, ctl: &mut Control, spec: &pb::StackSpec) -> Result<i
     };
     let mut logs_ctl = ctl.clone();
     let stack = spec.name.clone();
-    let follow = tokio::spawn(async move { super::logs::stream(&mut logs_ctl, &stack, &args).await });
+    let follow =
+        tokio::spawn(async move { super::logs::stream(&mut logs_ctl, &stack, &args).await });
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the Ctrl-C handler")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -138,8 +138,14 @@ impl Daemon {
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             ("FLOTILLA_HOST".into(), self.host.clone()),
-            ("FLOTILLA_STATE_DIR".into(), self.state_dir.display().to_string()),
-            ("FLOTILLA_RUN_DIR".into(), self.run_dir.display().to_string()),
+            (
+                "FLOTILLA_STATE_DIR".into(),
+                self.state_dir.display().to_string(),
+            ),
+            (
+                "FLOTILLA_RUN_DIR".into(),
+                self.run_dir.display().to_string(),
+            ),
             ("FLOTILLA_CGROUP_PARENT".into(), self.cgroup_parent.clone()),
             ("FLOTILLA_ADDRESS_POOL".into(), self.pool.clone()),
             ("NO_COLOR".into(), "1".into()),
@@ -228,10 +234,14 @@ impl Drop for Daemon {
 
 /// Kills processes whose command line mentions one of `needles`.
 pub fn kill_processes_mentioning(needles: &[&str]) {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
     let me = std::process::id();
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -249,7 +259,10 @@ pub fn kill_processes_mentioning(needles: &[&str]) {
 /// The cgroup-v1 hierarchies (or the v2 root) on this machine.
 pub fn cgroup_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
-    for c in ["memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "devices", "freezer", "systemd", "unified"] {
+    for c in [
+        "memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "devices", "freezer", "systemd",
+        "unified",
+    ] {
         let p = PathBuf::from("/sys/fs/cgroup").join(c);
         if p.is_dir() {
             roots.push(p);
@@ -279,7 +292,9 @@ fn kill_cgroup_processes(parent: &str) {
 
 fn walk_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -382,6 +397,9 @@ pub fn demo_rootfs_tar(dir: &Path) -> PathBuf {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_cksum();
         tar.append_data(&mut h, path, body.as_bytes()).expect("etc file");
     }
@@ -390,8 +408,12 @@ pub fn demo_rootfs_tar(dir: &Path) -> PathBuf {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_size(0);
         h.set_mode(if d == "tmp" { 0o1777 } else { 0o755 });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_cksum();
-        tar.append_data(&mut h, format!("{d}/"), std::io::empty()).expect("dir");
+        tar.append_data(&mut h, format!("{d}/"), std::io::empty())
+            .expect("dir");
     }
     tar.finish().expect("finish tar");
     out
@@ -449,7 +471,11 @@ pub fn ns_of(pid: i64, kind: &str) -> String {
 /// The link names on the host.
 pub fn host_links() -> Vec<String> {
     std::fs::read_dir("/sys/class/net")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

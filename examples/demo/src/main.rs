@@ -90,7 +90,7 @@ fn run(role: &str, args: &[String]) -> Result<ExitCode, Error> {
             serve_role(role, 5000, move |req| api.handle(req))
         }
         "web" => {
-            let web = roles::Web::new(&env_or("API_URL", "http://api:5000"), &hostname());
+            let web = roles::Web::new(&env_or("API_URL", "http://api:5000"), &served_by());
             serve_role(role, 8080, move |req| web.handle(req))
         }
         "get" => client("GET", arg(args, 0, "URL")?, b""),
@@ -135,9 +135,7 @@ fn run(role: &str, args: &[String]) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         "hostname" => {
-            let name = fs::read_to_string("/proc/sys/kernel/hostname")
-                .map_err(|e| Error::io("reading /proc/sys/kernel/hostname", e))?;
-            println!("{}", name.trim());
+            println!("{}", hostname()?);
             Ok(ExitCode::SUCCESS)
         }
         "pid" => {
@@ -198,11 +196,41 @@ fn env_or(name: &str, default: &str) -> String {
     env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// The kernel host name (the container's, in a UTS namespace), or `unknown`.
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
+/// The kernel host name (the container's, in a UTS namespace): from
+/// `/proc/sys/kernel/hostname`, or from uname(2) where /proc is not mounted.
+fn hostname() -> Result<String, Error> {
+    match fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(name) => Ok(name.trim().to_string()),
+        Err(proc_err) => uname_nodename().map_err(|e| {
+            Error::io(
+                format!("reading /proc/sys/kernel/hostname ({proc_err}) and calling uname"),
+                e,
+            )
+        }),
+    }
+}
+
+fn uname_nodename() -> std::io::Result<String> {
+    // SAFETY: utsname is plain old data; all-zero bytes are a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname(2) writes only into the struct we pass, which lives
+    // across the call.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The kernel NUL-terminates nodename; the cast reinterprets c_char bytes.
+    let bytes: Vec<u8> = uts
+        .nodename
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The name services report in `X-Served-By` and on the page.
+fn served_by() -> String {
+    hostname().unwrap_or_else(|_| "unknown".to_string())
 }
 
 fn sleep_forever() -> ! {
@@ -233,7 +261,7 @@ where
         .local_addr()
         .map_err(|e| Error::io("reading the listening address", e))?;
     println!("{role} listening on {local}");
-    http::serve(role, &hostname(), listener, handler)
+    http::serve(role, &served_by(), listener, handler)
 }
 
 /// Runs one request and prints the body; success only on a 2xx status.

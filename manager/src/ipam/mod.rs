@@ -63,20 +63,26 @@ pub enum IpamError {
     SubnetFull { network: String, subnet: String },
     #[error("network {network} is not allocated")]
     UnknownNetwork { network: String },
-    #[error("service {service}: ipv4_address {address:?} on network {network} is not an IPv4 address")]
+    #[error(
+        "service {service}: ipv4_address {address:?} on network {network} is not an IPv4 address"
+    )]
     BadAddress {
         service: String,
         network: String,
         address: String,
     },
-    #[error("service {service}: ipv4_address {address} is outside network {network}'s subnet {subnet}")]
+    #[error(
+        "service {service}: ipv4_address {address} is outside network {network}'s subnet {subnet}"
+    )]
     PinOutsideSubnet {
         service: String,
         network: String,
         address: String,
         subnet: String,
     },
-    #[error("service {service}: ipv4_address {address} on network {network} is already used by {owner}")]
+    #[error(
+        "service {service}: ipv4_address {address} on network {network} is already used by {owner}"
+    )]
     PinTaken {
         service: String,
         network: String,
@@ -248,7 +254,9 @@ pub fn allocate_subnet(
         pool: pool.to_string(),
         prefix: SUBNET_PREFIX,
     };
-    let candidates = pool.subnets(SUBNET_PREFIX.max(pool.prefix_len())).map_err(|_| exhausted())?;
+    let candidates = pool
+        .subnets(SUBNET_PREFIX.max(pool.prefix_len()))
+        .map_err(|_| exhausted())?;
     for c in candidates {
         if !used.iter().any(|(_, u)| overlaps(u, &c)) {
             return Ok((c, first_host(&c)));
@@ -323,8 +331,10 @@ impl AddressBook {
     /// Marks a service's addresses (VIPs, slots, pins) as used.
     pub fn add_service(&mut self, view: &impl StoreView, s: &Service) {
         for v in &s.vips {
-            if let (Some(a), Some(net)) = (parse_cidr_addr(&v.address), self.nets.get_mut(&v.network_id))
-            {
+            if let (Some(a), Some(net)) = (
+                parse_cidr_addr(&v.address),
+                self.nets.get_mut(&v.network_id),
+            ) {
                 net.used.insert(a, vip_owner(&s.id));
             }
         }

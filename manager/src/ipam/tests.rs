@@ -1,7 +1,5 @@
 use super::*;
-use flotilla_proto::v1::{
-    IpamPool, NetworkAttachmentSpec, Node, NodeDescription, StoreSnapshot,
-};
+use flotilla_proto::v1::{IpamPool, NetworkAttachmentSpec, Node, NodeDescription, StoreSnapshot};
 
 fn net(id: &str, subnet: &str) -> Network {
     let s: Ipv4Net = subnet.parse().unwrap();
@@ -32,12 +30,27 @@ fn subnet_allocation_table() {
         (vec![], vec![], None, Ok("10.89.0.0/24")),
         (vec!["10.89.0.0/24"], vec![], None, Ok("10.89.1.0/24")),
         // A host route over the first two /24s pushes the allocation past it.
-        (vec![], vec!["10.89.0.0/23", "192.168.1.0/24"], None, Ok("10.89.2.0/24")),
-        (vec!["10.89.1.0/24"], vec!["10.89.0.5/32"], None, Ok("10.89.2.0/24")),
+        (
+            vec![],
+            vec!["10.89.0.0/23", "192.168.1.0/24"],
+            None,
+            Ok("10.89.2.0/24"),
+        ),
+        (
+            vec!["10.89.1.0/24"],
+            vec!["10.89.0.5/32"],
+            None,
+            Ok("10.89.2.0/24"),
+        ),
         // The whole pool is routed on a host: nothing left.
         (vec![], vec!["10.0.0.0/8"], None, Err("no free /24")),
         (vec![], vec![], Some("172.30.5.0/24"), Ok("172.30.5.0/24")),
-        (vec!["172.30.0.0/16"], vec![], Some("172.30.5.0/24"), Err("overlaps")),
+        (
+            vec!["172.30.0.0/16"],
+            vec![],
+            Some("172.30.5.0/24"),
+            Err("overlaps"),
+        ),
         (vec![], vec![], Some("bogus"), Err("not an IPv4 CIDR")),
     ];
     for (i, (existing, host, requested, want)) in cases.into_iter().enumerate() {
@@ -62,7 +75,11 @@ fn subnet_allocation_table() {
         match (got, want) {
             (Ok((subnet, gw)), Ok(w)) => {
                 assert_eq!(subnet.to_string(), w, "case {i}");
-                assert_eq!(gw, subnet.hosts().next().unwrap(), "case {i}: gateway is .1");
+                assert_eq!(
+                    gw,
+                    subnet.hosts().next().unwrap(),
+                    "case {i}: gateway is .1"
+                );
             }
             (Err(e), Err(w)) => assert!(e.to_string().contains(w), "case {i}: {e}"),
             (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
@@ -116,7 +133,10 @@ fn slot_addresses_are_stable_and_released() {
         slot_attachments(&svc, 1, &atts)[0].addresses,
         vec!["10.89.0.3/24"]
     );
-    assert_eq!(slot_attachments(&svc, 2, &atts)[0].mac_address, "02:42:0a:59:00:04");
+    assert_eq!(
+        slot_attachments(&svc, 2, &atts)[0].mac_address,
+        "02:42:0a:59:00:04"
+    );
     // Asking again changes nothing: the slot keeps its address.
     assert!(!ensure_slot_addresses(&mut book, &mut svc, 1, &atts).unwrap());
     assert!(!ensure_vips(&mut book, &mut svc, &atts).unwrap());
@@ -137,7 +157,12 @@ fn slot_addresses_are_stable_and_released() {
     assert!(!release_slot(&mut book2, &mut svc, 2));
     ensure_slot_addresses(&mut book2, &mut other, 2, &atts).unwrap();
     assert_eq!(
-        other.slot_addresses.iter().find(|s| s.slot == 2).unwrap().address,
+        other
+            .slot_addresses
+            .iter()
+            .find(|s| s.slot == 2)
+            .unwrap()
+            .address,
         "10.89.0.4/24"
     );
 }

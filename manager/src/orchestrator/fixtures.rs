@@ -2,8 +2,8 @@
 
 use flotilla_proto::v1::{
     store_action, Dependency, HealthCheck, HealthState, Meta, Network, Node, NodeAvailability,
-    NodeDescription, NodeState, NodeStatus, RestartCondition, RestartPolicy, Service,
-    ServiceSpec, Stack, StackSpec, StoreAction, Task, TaskState, TaskStatus, Timestamp,
+    NodeDescription, NodeState, NodeStatus, RestartCondition, RestartPolicy, Service, ServiceSpec,
+    Stack, StackSpec, StoreAction, Task, TaskState, TaskStatus, Timestamp,
 };
 
 pub fn ts(secs: i64) -> Timestamp {
@@ -58,7 +58,11 @@ pub fn with_restart(mut s: ServiceSpec, c: RestartCondition, max: Option<u32>) -
     s
 }
 
-pub fn dep(mut s: ServiceSpec, on: &str, cond: flotilla_proto::v1::DependencyCondition) -> ServiceSpec {
+pub fn dep(
+    mut s: ServiceSpec,
+    on: &str,
+    cond: flotilla_proto::v1::DependencyCondition,
+) -> ServiceSpec {
     s.depends_on.push(Dependency {
         service: on.into(),
         condition: cond as i32,
@@ -119,7 +123,11 @@ pub fn task(svc: &Service, slot: u32, id: &str, node: &str, state: TaskState) ->
         meta: meta(2),
         stack: svc.stack.clone(),
         service_id: svc.id.clone(),
-        service_name: svc.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        service_name: svc
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
         slot,
         node_id: node.into(),
         spec: svc.spec.clone(),
@@ -131,7 +139,11 @@ pub fn task(svc: &Service, slot: u32, id: &str, node: &str, state: TaskState) ->
             timestamp: Some(ts(100)),
             ..Default::default()
         }),
-        name: format!("{}-{}-{slot}", svc.stack, svc.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")),
+        name: format!(
+            "{}-{}-{slot}",
+            svc.stack,
+            svc.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
+        ),
         ..Default::default()
     }
 }
@@ -174,7 +186,10 @@ pub fn describe(actions: &[StoreAction]) -> Vec<String> {
                         t.id.as_str()
                     },
                     t.desired_state().short_name(),
-                    t.status.as_ref().map(|s| s.state().short_name()).unwrap_or(""),
+                    t.status
+                        .as_ref()
+                        .map(|s| s.state().short_name())
+                        .unwrap_or(""),
                     t.node_id
                 ),
                 Some(store_action::Object::Service(s)) => format!("{kind} service {}", s.id),

@@ -115,7 +115,10 @@ pub fn service_removing(s: &Service) -> bool {
 }
 
 fn state_of(t: &Task) -> TaskState {
-    t.status.as_ref().map(|s| s.state()).unwrap_or(TaskState::New)
+    t.status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New)
 }
 
 fn version_of(meta: &Option<Meta>) -> u64 {
@@ -234,7 +237,11 @@ pub fn reconcile(view: &impl StoreView, now: Timestamp) -> Vec<StoreAction> {
                 out.delete(store_action::Object::Network(n.clone()));
             }
             if has_label(&stack.meta, LABEL_REMOVE_VOLUMES) {
-                for v in view.all_volumes().into_iter().filter(|v| v.stack == stack.id) {
+                for v in view
+                    .all_volumes()
+                    .into_iter()
+                    .filter(|v| v.stack == stack.id)
+                {
                     out.delete(store_action::Object::Volume(v.clone()));
                 }
             }
@@ -320,7 +327,15 @@ fn reconcile_service<V: StoreView>(
         by_slot.entry(t.slot).or_default().push(t);
     }
     for ts in by_slot.values_mut() {
-        ts.sort_by_key(|t| (t.generation, t.meta.as_ref().and_then(|m| m.created_at).map(|c| c.unix_nanos)));
+        ts.sort_by_key(|t| {
+            (
+                t.generation,
+                t.meta
+                    .as_ref()
+                    .and_then(|m| m.created_at)
+                    .map(|c| c.unix_nanos),
+            )
+        });
     }
 
     // Scale down: slots above replicas (and slot 0, which replicated
@@ -372,7 +387,18 @@ fn reconcile_service<V: StoreView>(
             };
             for slot in 1..=replicas {
                 let tasks = by_slot.get(&slot).cloned().unwrap_or_default();
-                reconcile_slot(ctx, out, book, stack, svc, &mut svc_new, &atts, slot, &tasks, target);
+                reconcile_slot(
+                    ctx,
+                    out,
+                    book,
+                    stack,
+                    svc,
+                    &mut svc_new,
+                    &atts,
+                    slot,
+                    &tasks,
+                    target,
+                );
             }
         }
     }
@@ -392,10 +418,16 @@ fn set_desired(out: &mut Out, t: &Task, d: TaskState) {
 
 /// Deletes retired tasks of a slot beyond the history limit (and retired
 /// tasks that never ran). `current` is not touched.
-fn prune_history<V: StoreView>(ctx: &Ctx<'_, V>, out: &mut Out, tasks: &[&Task], current: Option<&str>) {
+fn prune_history<V: StoreView>(
+    ctx: &Ctx<'_, V>,
+    out: &mut Out,
+    tasks: &[&Task],
+    current: Option<&str>,
+) {
     let mut kept = 0usize;
     for t in tasks.iter().rev() {
-        if Some(t.id.as_str()) == current || t.desired_state() != TaskState::Shutdown || ctx.live(t) {
+        if Some(t.id.as_str()) == current || t.desired_state() != TaskState::Shutdown || ctx.live(t)
+        {
             continue;
         }
         if t.node_id.is_empty() || kept >= HISTORY_PER_SLOT {
@@ -432,7 +464,10 @@ fn should_restart(spec: &ServiceSpec, t: &Task, node_gone: bool) -> bool {
         RestartCondition::OnFailure => !succeeded,
         RestartCondition::Any | RestartCondition::UnlessStopped => true,
     };
-    wanted && policy.max_attempts.is_none_or(|m| m == 0 || t.restart_count < m)
+    wanted
+        && policy
+            .max_attempts
+            .is_none_or(|m| m == 0 || t.restart_count < m)
 }
 
 /// Whether a dependency of a service holds (`Ok`) or why not (`Err`).
@@ -458,8 +493,7 @@ pub fn dependency_holds(
                 matches!(state, TaskState::Running | TaskState::Complete)
             }
             DependencyCondition::Healthy => {
-                state == TaskState::Running
-                    && st.map(|s| s.health()) == Some(HealthState::Healthy)
+                state == TaskState::Running && st.map(|s| s.health()) == Some(HealthState::Healthy)
             }
             DependencyCondition::CompletedSuccessfully => {
                 state == TaskState::Complete && st.and_then(|s| s.exit_code) == Some(0)
@@ -537,9 +571,9 @@ fn reconcile_slot<V: StoreView>(
                 .unwrap_or(ctx.now);
             let delay = restart_delay_ms(policy.delay_ms, c.restart_count);
             let not_before = Timestamp {
-                unix_nanos: base
-                    .unix_nanos
-                    .saturating_add(i64::try_from(delay.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+                unix_nanos: base.unix_nanos.saturating_add(
+                    i64::try_from(delay.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+                ),
             };
             if ctx.now.unix_nanos < not_before.unix_nanos {
                 if c.restart_not_before != Some(not_before) {

@@ -1,1 +1,74 @@
-//! placeholder until StoreHandle lands
+//! The orchestrator's leader loop: after every applied change (and on a
+//! tick, so restart back-offs expire), run [`super::plan`] over the store and
+//! propose its actions as one batch.
+//!
+//! Only the Raft leader proposes; followers just wait. A batch refused for a
+//! version conflict is dropped: the change that caused the conflict was
+//! applied, so its event wakes the loop and the next pass decides again from
+//! fresh state. This loop must never keep decisions of its own between
+//! passes.
+
+use crate::raft::{ProposeError, StoreHandle};
+use flotilla_proto::v1::{StoreBatch, Timestamp};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// How long a burst of applied entries is collected before one pass.
+const COALESCE: Duration = Duration::from_millis(10);
+
+/// Runs until `stop` turns true or the store stops.
+pub async fn run(store: StoreHandle, tick: Duration, mut stop: watch::Receiver<bool>) {
+    let mut events = store.subscribe();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if store.is_leader() {
+            pass(&store).await;
+        }
+        tokio::select! {
+            r = events.recv() => match r {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        tokio::time::sleep(COALESCE).await;
+        loop {
+            match events.try_recv() {
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// One decision pass; returns the number of actions proposed and applied.
+pub async fn pass(store: &StoreHandle) -> usize {
+    let actions = store.read(|s| super::plan(s, Timestamp::now()));
+    if actions.is_empty() {
+        return 0;
+    }
+    let n = actions.len();
+    let batch = StoreBatch {
+        actions,
+        proposal_id: format!("orchestrator-{}", uuid::Uuid::new_v4()),
+    };
+    match store.propose(batch).await {
+        Ok(index) => {
+            tracing::debug!(actions = n, index, "orchestrator batch applied");
+            n
+        }
+        Err(ProposeError::Refused(e)) => {
+            tracing::debug!(error = %e, "orchestrator batch refused; deciding again");
+            0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "orchestrator batch not applied");
+            0
+        }
+    }
+}

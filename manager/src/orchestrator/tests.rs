@@ -108,7 +108,10 @@ fn reconcile_table() {
             name: "healthy gate closed while health is starting",
             snap: snapshot(
                 vec![db.clone(), app_healthy.clone()],
-                vec![healthy(task(&db, 1, "d1", "n1", S::Running), HealthState::Starting)],
+                vec![healthy(
+                    task(&db, 1, "d1", "n1", S::Running),
+                    HealthState::Starting,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -118,7 +121,10 @@ fn reconcile_table() {
             name: "healthy gate opens when healthy",
             snap: snapshot(
                 vec![db.clone(), app_healthy.clone()],
-                vec![healthy(task(&db, 1, "d1", "n1", S::Running), HealthState::Healthy)],
+                vec![healthy(
+                    task(&db, 1, "d1", "n1", S::Running),
+                    HealthState::Healthy,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -128,7 +134,12 @@ fn reconcile_table() {
             name: "completed_successfully gate stays closed on exit 1",
             snap: snapshot(
                 vec![migrate.clone(), app_done.clone()],
-                vec![exited(task(&migrate, 1, "m1", "n1", S::Running), S::Failed, 1, 90)],
+                vec![exited(
+                    task(&migrate, 1, "m1", "n1", S::Running),
+                    S::Failed,
+                    1,
+                    90,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -138,7 +149,12 @@ fn reconcile_table() {
             name: "completed_successfully gate opens on exit 0",
             snap: snapshot(
                 vec![migrate.clone(), app_done.clone()],
-                vec![exited(task(&migrate, 1, "m1", "n1", S::Running), S::Complete, 0, 90)],
+                vec![exited(
+                    task(&migrate, 1, "m1", "n1", S::Running),
+                    S::Complete,
+                    0,
+                    90,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -148,7 +164,12 @@ fn reconcile_table() {
             name: "restart none: a failed task stays",
             snap: snapshot(
                 vec![no_restart.clone()],
-                vec![exited(task(&no_restart, 1, "j1", "n1", S::Running), S::Failed, 1, 90)],
+                vec![exited(
+                    task(&no_restart, 1, "j1", "n1", S::Running),
+                    S::Failed,
+                    1,
+                    90,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -158,7 +179,12 @@ fn reconcile_table() {
             name: "on-failure: exit 1 is restarted",
             snap: snapshot(
                 vec![on_failure.clone()],
-                vec![exited(task(&on_failure, 1, "j1", "n1", S::Running), S::Failed, 1, 90)],
+                vec![exited(
+                    task(&on_failure, 1, "j1", "n1", S::Running),
+                    S::Failed,
+                    1,
+                    90,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -171,7 +197,12 @@ fn reconcile_table() {
             name: "on-failure: exit 0 is not restarted",
             snap: snapshot(
                 vec![on_failure.clone()],
-                vec![exited(task(&on_failure, 1, "j1", "n1", S::Running), S::Complete, 0, 90)],
+                vec![exited(
+                    task(&on_failure, 1, "j1", "n1", S::Running),
+                    S::Complete,
+                    0,
+                    90,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -179,11 +210,20 @@ fn reconcile_table() {
         },
         Case {
             name: "on-failure: max_attempts reached",
-            snap: snapshot(vec![on_failure.clone()], {
-                let mut t = exited(task(&on_failure, 1, "j1", "n1", S::Running), S::Failed, 1, 90);
-                t.restart_count = 2;
-                vec![t]
-            }, vec![ready("n1")]),
+            snap: snapshot(
+                vec![on_failure.clone()],
+                {
+                    let mut t = exited(
+                        task(&on_failure, 1, "j1", "n1", S::Running),
+                        S::Failed,
+                        1,
+                        90,
+                    );
+                    t.restart_count = 2;
+                    vec![t]
+                },
+                vec![ready("n1")],
+            ),
             now: 100,
             want: vec![],
         },
@@ -191,7 +231,12 @@ fn reconcile_table() {
             name: "any: a completed task is restarted",
             snap: snapshot(
                 vec![any.clone()],
-                vec![exited(task(&any, 1, "j1", "n1", S::Running), S::Complete, 0, 90)],
+                vec![exited(
+                    task(&any, 1, "j1", "n1", S::Running),
+                    S::Complete,
+                    0,
+                    90,
+                )],
                 vec![ready("n1")],
             ),
             now: 100,
@@ -205,7 +250,11 @@ fn reconcile_table() {
             snap: snapshot(
                 vec![any.clone()],
                 vec![task(&any, 1, "j1", "n1", S::Running)],
-                vec![node("n1", flotilla_proto::v1::NodeState::Down, flotilla_proto::v1::NodeAvailability::Active)],
+                vec![node(
+                    "n1",
+                    flotilla_proto::v1::NodeState::Down,
+                    flotilla_proto::v1::NodeAvailability::Active,
+                )],
             ),
             now: 100,
             want: sorted(vec![
@@ -241,21 +290,29 @@ fn reconcile_table() {
         },
         Case {
             name: "spec change: the old task is shut down first",
-            snap: snapshot(vec![web1.clone()], {
-                let mut t = task(&web1, 1, "w1", "n1", S::Running);
-                t.spec_hash = "old".into();
-                vec![t]
-            }, vec![ready("n1")]),
+            snap: snapshot(
+                vec![web1.clone()],
+                {
+                    let mut t = task(&web1, 1, "w1", "n1", S::Running);
+                    t.spec_hash = "old".into();
+                    vec![t]
+                },
+                vec![ready("n1")],
+            ),
             now: 100,
             want: vec![put("web", 1, "w1", "shutdown", "running", "n1")],
         },
         Case {
             name: "spec change: the new task comes once the old one stopped",
-            snap: snapshot(vec![web1.clone()], {
-                let mut t = desired(task(&web1, 1, "w1", "n1", S::Shutdown), S::Shutdown);
-                t.spec_hash = "old".into();
-                vec![t]
-            }, vec![ready("n1")]),
+            snap: snapshot(
+                vec![web1.clone()],
+                {
+                    let mut t = desired(task(&web1, 1, "w1", "n1", S::Shutdown), S::Shutdown);
+                    t.spec_hash = "old".into();
+                    vec![t]
+                },
+                vec![ready("n1")],
+            ),
             now: 100,
             want: vec![new_task("web", 1)],
         },
@@ -281,7 +338,12 @@ fn reconcile_table() {
                     vec![task(&web1, 1, "w1", "n1", S::Running)],
                     vec![ready("n1")],
                 );
-                s.stacks[0].meta.as_mut().unwrap().labels.insert(LABEL_REMOVING.into(), "true".into());
+                s.stacks[0]
+                    .meta
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert(LABEL_REMOVING.into(), "true".into());
                 s
             },
             now: 100,
@@ -292,10 +354,18 @@ fn reconcile_table() {
             snap: {
                 let mut s = snapshot(
                     vec![web1.clone()],
-                    vec![desired(task(&web1, 1, "w1", "n1", S::Shutdown), S::Shutdown)],
+                    vec![desired(
+                        task(&web1, 1, "w1", "n1", S::Shutdown),
+                        S::Shutdown,
+                    )],
                     vec![ready("n1")],
                 );
-                s.stacks[0].meta.as_mut().unwrap().labels.insert(LABEL_REMOVING.into(), "true".into());
+                s.stacks[0]
+                    .meta
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert(LABEL_REMOVING.into(), "true".into());
                 s
             },
             now: 100,
@@ -408,7 +478,12 @@ fn history_is_pruned() {
     let mut tasks: Vec<Task> = (0..4)
         .map(|g| {
             let mut t = desired(
-                exited(task(&svc, 1, &format!("old{g}"), "n1", S::Running), S::Failed, 1, 50),
+                exited(
+                    task(&svc, 1, &format!("old{g}"), "n1", S::Running),
+                    S::Failed,
+                    1,
+                    50,
+                ),
                 S::Shutdown,
             );
             t.generation = g;

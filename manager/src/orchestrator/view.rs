@@ -7,9 +7,7 @@
 //! written through: decisions come back as `StoreAction`s.
 
 use crate::store::Store;
-use flotilla_proto::v1::{
-    ClusterInfo, Network, Node, Service, Stack, StoreSnapshot, Task, Volume,
-};
+use flotilla_proto::v1::{ClusterInfo, Network, Node, Service, Stack, StoreSnapshot, Task, Volume};
 
 /// Read access to the objects of the store.
 pub trait StoreView {

@@ -44,7 +44,18 @@ struct Node {
     incarnation: u64,
     next_seq: u64,
     pending: HashMap<u64, ProposeReply>,
+    /// Answers held until the status is published, so a caller that got
+    /// its answer sees a status at least as new.
+    outbox: Vec<Answer>,
     was_leader: bool,
+}
+
+enum Answer {
+    Propose(ProposeReply, Result<u64, ProposeError>),
+    Snapshot(
+        oneshot::Sender<Result<u64, RaftError>>,
+        Result<u64, RaftError>,
+    ),
 }
 
 /// Entry point of the blocking task. Reports start-up (after replay) on
@@ -75,7 +86,10 @@ fn raft_err(what: &'static str) -> impl FnOnce(::raft::Error) -> RaftError {
 }
 
 impl Node {
-    fn open(cfg: &RaftConfig, transport: Option<Arc<dyn RaftTransport>>) -> Result<Self, RaftError> {
+    fn open(
+        cfg: &RaftConfig,
+        transport: Option<Arc<dyn RaftTransport>>,
+    ) -> Result<Self, RaftError> {
         let storage = RedbStorage::open(&cfg.state_dir, true)?;
         let raft_id = storage.raft_id();
         let snap = storage.load_snapshot()?;
@@ -110,7 +124,8 @@ impl Node {
             ..Default::default()
         };
         let logger = super::logger::logger(raft_id);
-        let mut raw = RawNode::new(&config, storage, &logger).map_err(raft_err("creating the node"))?;
+        let mut raw =
+            RawNode::new(&config, storage, &logger).map_err(raft_err("creating the node"))?;
         if single_voter {
             // Alone in the cluster: no reason to wait out an election timeout.
             raw.campaign().map_err(raft_err("campaigning"))?;
@@ -132,6 +147,7 @@ impl Node {
             incarnation: hi ^ lo,
             next_seq: 1,
             pending: HashMap::new(),
+            outbox: Vec::new(),
             was_leader: false,
         })
     }
@@ -173,18 +189,34 @@ impl Node {
                 break;
             }
             self.publish_status();
+            self.flush_answers();
             if self.applied() >= replay_target {
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(self.shared.clone()));
                 }
             }
         }
+        self.shared.leader.store(false, Ordering::Release);
+        self.publish_status();
+        self.flush_answers();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Stopped));
         }
-        self.shared.leader.store(false, Ordering::Release);
         drop(self);
         shutdown
+    }
+
+    fn flush_answers(&mut self) {
+        for answer in self.outbox.drain(..) {
+            match answer {
+                Answer::Propose(reply, r) => {
+                    let _ = reply.send(r);
+                }
+                Answer::Snapshot(reply, r) => {
+                    let _ = reply.send(r);
+                }
+            }
+        }
     }
 
     fn applied(&self) -> u64 {
@@ -201,11 +233,15 @@ impl Node {
             Cmd::Propose { batch, reply } => self.propose(batch, reply),
             Cmd::Step(m) => {
                 if let Err(e) = self.raw.step(*m) {
-                    tracing::debug!(raft_id = self.shared.raft_id, "dropping a peer message: {e}");
+                    tracing::debug!(
+                        raft_id = self.shared.raft_id,
+                        "dropping a peer message: {e}"
+                    );
                 }
             }
             Cmd::SnapshotNow(reply) => {
-                let _ = reply.send(self.take_snapshot());
+                let r = self.take_snapshot();
+                self.outbox.push(Answer::Snapshot(reply, r));
             }
             Cmd::Shutdown(ack) => {
                 *shutdown = Some(ack);
@@ -296,11 +332,12 @@ impl Node {
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), RaftError> {
         let index = snap.get_metadata().index;
         let path = self.raw.store().path().to_path_buf();
-        let decoded = StoreSnapshot::decode(snap.data.as_ref()).map_err(|e| RaftError::Corrupt {
-            path: path.clone(),
-            what: "store snapshot from the leader",
-            message: e.to_string(),
-        })?;
+        let decoded =
+            StoreSnapshot::decode(snap.data.as_ref()).map_err(|e| RaftError::Corrupt {
+                path: path.clone(),
+                what: "store snapshot from the leader",
+                message: e.to_string(),
+            })?;
         let store = Store::restore_at(decoded, index)
             .map_err(|source| RaftError::Store { path, source })?;
         self.raw.mut_store().apply_snapshot(snap)?;
@@ -358,13 +395,14 @@ impl Node {
                     restored: false,
                 }));
                 if let Some(r) = reply {
-                    let _ = r.send(Ok(index));
+                    self.outbox.push(Answer::Propose(r, Ok(index)));
                 }
             }
             Err(e) => {
                 tracing::debug!(index, "batch refused: {e}");
                 if let Some(r) = reply {
-                    let _ = r.send(Err(ProposeError::Refused(e)));
+                    self.outbox
+                        .push(Answer::Propose(r, Err(ProposeError::Refused(e))));
                 }
             }
         }
@@ -438,8 +476,10 @@ impl Node {
             .store()
             .term(applied)
             .map_err(raft_err("reading the term of the snapshot index"))?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         {
             let meta = snap.mut_metadata();
             meta.index = applied;
@@ -447,7 +487,11 @@ impl Node {
             meta.set_conf_state(self.raw.store().conf_state().clone());
         }
         self.raw.mut_store().compact_to(&snap)?;
-        tracing::debug!(raft_id = self.shared.raft_id, index = applied, "snapshot taken, log compacted");
+        tracing::debug!(
+            raft_id = self.shared.raft_id,
+            index = applied,
+            "snapshot taken, log compacted"
+        );
         Ok(applied)
     }
 

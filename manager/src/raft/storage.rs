@@ -176,8 +176,10 @@ impl RedbStorage {
             let conf_state = match stored_cs {
                 Some(cs) => cs,
                 None if bootstrap => {
-                    let mut cs = ConfState::default();
-                    cs.voters = vec![raft_id];
+                    let cs = ConfState {
+                        voters: vec![raft_id],
+                        ..Default::default()
+                    };
                     let bytes = encode(&cs, "conf_state", p)?;
                     meta.insert(KEY_CONF_STATE, bytes.as_slice())
                         .map_err(|e| RaftError::redb("writing the conf state", p, e))?;
@@ -478,7 +480,12 @@ impl RedbStorage {
             .map_err(|e| RaftError::redb("counting log entries", p, e))
     }
 
-    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>, RaftError> {
+    fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>, RaftError> {
         let p = self.path.as_path();
         let txn = self
             .db
@@ -489,6 +496,7 @@ impl RedbStorage {
             .map_err(|e| RaftError::redb("opening table entries", p, e))?;
         let mut out = Vec::new();
         let mut size = 0u64;
+        let mut size_limited = false;
         for item in t
             .range(low..high)
             .map_err(|e| RaftError::redb("reading log entries", p, e))?
@@ -499,27 +507,32 @@ impl RedbStorage {
             // raft-rs's rule: always at least one entry, then stop before
             // the limit is exceeded.
             if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                size_limited = true;
                 break;
             }
             let e: Entry = decode(bytes, "entry", p)?;
-            if e.index != k.value() {
+            let want = low + out.len() as u64;
+            if e.index != k.value() || e.index != want {
                 return Err(RaftError::Corrupt {
                     path: p.to_path_buf(),
-                    what: "entry",
-                    message: format!("key {} holds entry {}", k.value(), e.index),
+                    what: "log",
+                    message: format!(
+                        "expected entry {want}, key {} holds entry {}",
+                        k.value(),
+                        e.index
+                    ),
                 });
             }
             out.push(e);
         }
-        let expected = high - low;
-        if (out.len() as u64) < expected && max_size.is_none() {
+        if size_limited {
+            return Ok(out);
+        }
+        if (out.len() as u64) < high - low {
             return Err(RaftError::Corrupt {
                 path: p.to_path_buf(),
                 what: "log",
-                message: format!(
-                    "entries {low}..{high} requested, {} found",
-                    out.len()
-                ),
+                message: format!("entries {low}..{high} requested, {} found", out.len()),
             });
         }
         Ok(out)

@@ -29,13 +29,21 @@ pub fn needs_placement(t: &Task) -> bool {
         t.desired_state(),
         TaskState::Running | TaskState::Created | TaskState::Paused
     );
-    let state = t.status.as_ref().map(|s| s.state()).unwrap_or(TaskState::New);
+    let state = t
+        .status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New);
     t.node_id.is_empty() && desired_runs && matches!(state, TaskState::New | TaskState::Pending)
 }
 
 /// True for a task that occupies its node (counts for spreading).
 fn occupies(t: &Task) -> bool {
-    let state = t.status.as_ref().map(|s| s.state()).unwrap_or(TaskState::New);
+    let state = t
+        .status
+        .as_ref()
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New);
     !t.node_id.is_empty() && !state.is_terminal() && t.desired_state() != TaskState::Shutdown
 }
 
@@ -100,7 +108,9 @@ pub fn schedule_into(view: &impl StoreView, actions: &mut Vec<StoreAction>, now:
     let mut candidates: Vec<usize> = actions
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.kind() == store_action::Kind::Put && task_of(a).is_some_and(needs_placement))
+        .filter(|(_, a)| {
+            a.kind() == store_action::Kind::Put && task_of(a).is_some_and(needs_placement)
+        })
         .map(|(i, _)| i)
         .collect();
     let mut pending_in_view: Vec<&Task> = view
@@ -108,7 +118,8 @@ pub fn schedule_into(view: &impl StoreView, actions: &mut Vec<StoreAction>, now:
         .into_iter()
         .filter(|t| !touched.contains(&t.id) && needs_placement(t))
         .collect();
-    pending_in_view.sort_by(|a, b| (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id)));
+    pending_in_view
+        .sort_by(|a, b| (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id)));
     // Existing tasks are appended only if they change; place them on copies.
     let mut appended: Vec<(Task, Task)> = pending_in_view
         .into_iter()
@@ -168,17 +179,18 @@ pub fn schedule_into(view: &impl StoreView, actions: &mut Vec<StoreAction>, now:
                 t.node_id = node;
             }
             None => {
-                let reason = if nodes.is_empty() || (constraints.is_empty() && max_per_node.is_none()) {
-                    NO_READY_NODE.to_string()
-                } else {
-                    format!(
-                        "no ready node satisfies the placement constraints [{}]{}",
-                        constraints.join(", "),
-                        max_per_node
-                            .map(|m| format!(" with max {m} replicas per node"))
-                            .unwrap_or_default()
-                    )
-                };
+                let reason =
+                    if nodes.is_empty() || (constraints.is_empty() && max_per_node.is_none()) {
+                        NO_READY_NODE.to_string()
+                    } else {
+                        format!(
+                            "no ready node satisfies the placement constraints [{}]{}",
+                            constraints.join(", "),
+                            max_per_node
+                                .map(|m| format!(" with max {m} replicas per node"))
+                                .unwrap_or_default()
+                        )
+                    };
                 if status.state() != TaskState::Pending || t.pending_reason != reason {
                     status.set_state(TaskState::Pending);
                     status.timestamp = Some(now);

@@ -34,7 +34,9 @@ fn run(case: Case) {
     let actions = schedule(&snap, ts(200));
     let mut got: Vec<(String, String, String)> = actions
         .iter()
-        .filter_map(|a| task_of(a).map(|t| (t.id.clone(), t.node_id.clone(), t.pending_reason.clone())))
+        .filter_map(|a| {
+            task_of(a).map(|t| (t.id.clone(), t.node_id.clone(), t.pending_reason.clone()))
+        })
         .collect();
     got.sort();
     let mut want: Vec<(String, String, String)> = case
@@ -162,7 +164,11 @@ fn constraints_and_max_per_node() {
         .collect();
     assert_eq!(placed[0], ("a".to_string(), String::new()));
     assert_eq!(placed[1].0, "");
-    assert!(placed[1].1.contains("node.labels.zone==east"), "{}", placed[1].1);
+    assert!(
+        placed[1].1.contains("node.labels.zone==east"),
+        "{}",
+        placed[1].1
+    );
 
     let n = ready("x");
     assert!(constraint_holds(&n, "node.role==worker"));

@@ -52,7 +52,9 @@ pub enum ApplyError {
 /// Why a snapshot could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    #[error("state written by a newer Flotilla (format {found}), this binary reads up to {supported}")]
+    #[error(
+        "state written by a newer Flotilla (format {found}), this binary reads up to {supported}"
+    )]
     TooNew { found: u32, supported: u32 },
     #[error("snapshot holds {kind} {id:?} twice")]
     Duplicate { kind: &'static str, id: String },
@@ -211,7 +213,11 @@ impl Store {
                 .as_ref()
                 .ok_or(ApplyError::MissingObject { position })?;
             let (kind_name, id, current) = match object {
-                Object::Stack(o) => (Stack::KIND, o.id.as_str(), version_of(self.stacks.get(&o.id))),
+                Object::Stack(o) => (
+                    Stack::KIND,
+                    o.id.as_str(),
+                    version_of(self.stacks.get(&o.id)),
+                ),
                 Object::Service(o) => (
                     Service::KIND,
                     o.id.as_str(),

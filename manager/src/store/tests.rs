@@ -163,7 +163,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "update with the right expected version",
             steps: vec![
-                (1, batch(vec![put(stack("web"))]), Want::Events(vec![("stack", "create", "web")])),
+                (
+                    1,
+                    batch(vec![put(stack("web"))]),
+                    Want::Events(vec![("stack", "create", "web")]),
+                ),
                 (
                     2,
                     batch(vec![put_at(stack("web"), 1)]),
@@ -176,8 +180,16 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a stale expected version refuses the whole batch",
             steps: vec![
-                (1, batch(vec![put(stack("web"))]), Want::Events(vec![("stack", "create", "web")])),
-                (2, batch(vec![put(stack("web"))]), Want::Events(vec![("stack", "update", "web")])),
+                (
+                    1,
+                    batch(vec![put(stack("web"))]),
+                    Want::Events(vec![("stack", "create", "web")]),
+                ),
+                (
+                    2,
+                    batch(vec![put(stack("web"))]),
+                    Want::Events(vec![("stack", "update", "web")]),
+                ),
                 (
                     3,
                     batch(vec![put(stack("db")), put_at(stack("web"), 1)]),
@@ -210,7 +222,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "later actions see earlier ones of the same batch",
             steps: vec![
-                (1, batch(vec![put(stack("web"))]), Want::Events(vec![("stack", "create", "web")])),
+                (
+                    1,
+                    batch(vec![put(stack("web"))]),
+                    Want::Events(vec![("stack", "create", "web")]),
+                ),
                 (
                     2,
                     batch(vec![put_at(stack("web"), 1), put_at(stack("web"), 1)]),
@@ -235,7 +251,10 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 (
                     1,
-                    batch(vec![put(task("t1", "web_api", "n1", Running, 1)), put(node("n1"))]),
+                    batch(vec![
+                        put(task("t1", "web_api", "n1", Running, 1)),
+                        put(node("n1")),
+                    ]),
                     Want::Events(vec![("task", "create", "t1"), ("node", "create", "n1")]),
                 ),
                 (
@@ -310,7 +329,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "an index at or below the applied one is refused",
             steps: vec![
-                (7, batch(vec![put(stack("a"))]), Want::Events(vec![("stack", "create", "a")])),
+                (
+                    7,
+                    batch(vec![put(stack("a"))]),
+                    Want::Events(vec![("stack", "create", "a")]),
+                ),
                 (
                     7,
                     batch(vec![put(stack("b"))]),
@@ -348,9 +371,16 @@ fn apply_table() {
                 }
                 (Want::Err(w), Err(e)) => {
                     assert_eq!(&e, w, "{}: step {i}: error", case.name);
-                    assert_eq!(listing(&s), before, "{}: step {i}: refused batch changed the store", case.name);
+                    assert_eq!(
+                        listing(&s),
+                        before,
+                        "{}: step {i}: refused batch changed the store",
+                        case.name
+                    );
                 }
-                (Want::Events(_), Err(e)) => panic!("{}: step {i}: unexpected error {e}", case.name),
+                (Want::Events(_), Err(e)) => {
+                    panic!("{}: step {i}: unexpected error {e}", case.name)
+                }
                 (Want::Err(w), Ok(ev)) => {
                     panic!("{}: step {i}: wanted {w}, got events {ev:?}", case.name)
                 }
@@ -369,13 +399,29 @@ fn apply_table() {
 #[test]
 fn timestamps_come_from_the_batch() {
     let mut s = Store::new();
-    s.apply(1, &batch(vec![put(task("t1", "web_api", "n1", TaskState::New, 111))]))
-        .unwrap();
+    s.apply(
+        1,
+        &batch(vec![put(task("t1", "web_api", "n1", TaskState::New, 111))]),
+    )
+    .unwrap();
     let events = s
-        .apply(2, &batch(vec![put(task("t1", "web_api", "n1", TaskState::Running, 222))]))
+        .apply(
+            2,
+            &batch(vec![put(task(
+                "t1",
+                "web_api",
+                "n1",
+                TaskState::Running,
+                222,
+            ))]),
+        )
         .unwrap();
     let m = s.task("t1").unwrap().meta.clone().unwrap();
-    assert_eq!(m.created_at, ts(111), "created_at kept from the first write");
+    assert_eq!(
+        m.created_at,
+        ts(111),
+        "created_at kept from the first write"
+    );
     assert_eq!(m.updated_at, ts(222));
     assert_eq!(m.version, 2);
     assert_eq!(events[0].time, ts(222));
@@ -402,7 +448,11 @@ fn secondary_indexes_follow_writes() {
     )
     .unwrap();
     let ids = |it: Vec<&str>| it.into_iter().map(String::from).collect::<Vec<_>>();
-    let tasks = |s: &Store, svc: &str| s.tasks_of_service(svc).map(|t| t.id.clone()).collect::<Vec<_>>();
+    let tasks = |s: &Store, svc: &str| {
+        s.tasks_of_service(svc)
+            .map(|t| t.id.clone())
+            .collect::<Vec<_>>()
+    };
     let on = |s: &Store, n: &str| s.tasks_on_node(n).map(|t| t.id.clone()).collect::<Vec<_>>();
     assert_eq!(tasks(&s, "web_api"), ids(vec!["t1", "t2"]));
     assert_eq!(on(&s, "n1"), ids(vec!["t1", "t3"]));
@@ -433,7 +483,8 @@ fn secondary_indexes_follow_writes() {
 #[test]
 fn restore_refuses_newer_formats_and_migrates_older() {
     let mut s = Store::new();
-    s.apply(1, &batch(vec![put(stack("web")), put(node("n1"))])).unwrap();
+    s.apply(1, &batch(vec![put(stack("web")), put(node("n1"))]))
+        .unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.format, STORE_FORMAT);
 

@@ -229,8 +229,10 @@ impl Runtime {
             let d = cfg.run_dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io_err("creating directory", &d))?;
         }
-        let cgroups = rootfs::CgroupMounts::detect()
-            .map_err(io_err("reading cgroup mounts from", Path::new("/proc/self/mountinfo")))?;
+        let cgroups = rootfs::CgroupMounts::detect().map_err(io_err(
+            "reading cgroup mounts from",
+            Path::new("/proc/self/mountinfo"),
+        ))?;
         Ok(Runtime { cfg, cgroups })
     }
 
@@ -340,6 +342,7 @@ impl Runtime {
             log_path: self.log_path(id),
             status_path: dir.join("status.json"),
             oom_files: self.cgroups.oom_files(&self.cgroup_rel(id)),
+            loopback_up: spec.netns.is_none(),
         };
         write_json(&dir.join("shim.json"), &shim_cfg)?;
 
@@ -377,7 +380,10 @@ impl Runtime {
             // The shim outlives us: give it nothing of ours it could keep
             // (LISTEN_FDS would even be passed on to the container).
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -439,7 +445,12 @@ impl Runtime {
         serde_json::from_slice(&data).ok()
     }
 
-    fn info_from(&self, meta: &Meta, status: Option<ShimStatus>, error: Option<String>) -> ContainerInfo {
+    fn info_from(
+        &self,
+        meta: &Meta,
+        status: Option<ShimStatus>,
+        error: Option<String>,
+    ) -> ContainerInfo {
         let s = status.unwrap_or(ShimStatus {
             state: ContainerState::Unknown,
             pid: None,
@@ -479,7 +490,9 @@ impl Runtime {
                 status: Some(s),
                 ..
             } => Ok(s),
-            r => Err(r.error.unwrap_or_else(|| "the shim answered without a status".into())),
+            r => Err(r
+                .error
+                .unwrap_or_else(|| "the shim answered without a status".into())),
         })
     }
 
@@ -562,7 +575,11 @@ impl Runtime {
     }
 
     /// Waits until the container has exited (and its output is in the log).
-    pub fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<ContainerInfo, ContainerError> {
+    pub fn wait(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ContainerInfo, ContainerError> {
         let meta = self.load_meta(id)?;
         match self.call(id, &Request::Wait, timeout) {
             Ok(Ok(status)) => Ok(self.info_from(&meta, Some(status), None)),

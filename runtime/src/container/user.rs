@@ -205,7 +205,11 @@ mod tests {
                 additional_gids: vec![]
             }
         );
-        assert!(r("nobody").unwrap_err().contains("unable to find user nobody"));
-        assert!(r("app:nogroup").unwrap_err().contains("unable to find group"));
+        assert!(r("nobody")
+            .unwrap_err()
+            .contains("unable to find user nobody"));
+        assert!(r("app:nogroup")
+            .unwrap_err()
+            .contains("unable to find group"));
     }
 }

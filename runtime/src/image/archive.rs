@@ -42,7 +42,15 @@ pub(crate) struct Staged {
 #[derive(Clone, Debug)]
 pub(crate) enum BlobSource {
     Staged(StagedFile),
-    Bytes { digest: String, bytes: Vec<u8> },
+    Bytes {
+        digest: String,
+        bytes: Vec<u8>,
+    },
+    /// Already in the store's blobs (a pull skips downloading it).
+    Stored {
+        digest: String,
+        size: u64,
+    },
 }
 
 impl BlobSource {
@@ -50,6 +58,7 @@ impl BlobSource {
         match self {
             BlobSource::Staged(f) => &f.digest,
             BlobSource::Bytes { digest, .. } => digest,
+            BlobSource::Stored { digest, .. } => digest,
         }
     }
 }
@@ -537,6 +546,7 @@ fn synth_manifest(cfg: &StagedFile, layers: &[PlannedLayer]) -> Result<BlobSourc
             let (digest, size) = match &l.blob {
                 BlobSource::Staged(f) => (f.digest.clone(), f.size),
                 BlobSource::Bytes { digest, bytes } => (digest.clone(), bytes.len() as u64),
+                BlobSource::Stored { digest, size } => (digest.clone(), *size),
             };
             serde_json::json!({"mediaType": l.media_type, "digest": digest, "size": size})
         })

@@ -1,5 +1,6 @@
 //! The node's content-addressed image store: loads `docker save` archives
-//! and OCI image layouts, imports root filesystem tarballs, keeps tags, and
+//! and OCI image layouts, pulls from and pushes to registries, writes
+//! `docker save` archives, imports root filesystem tarballs, keeps tags, and
 //! hands out unpacked layer directories for overlayfs.
 //!
 //! # Layout on disk (under the store root, e.g. `/var/lib/flotilla/images`)
@@ -14,8 +15,8 @@
 //!                      tmp/ and renamed into place only once complete and
 //!                      its diff id verified
 //! refs.json            {"version":1,"tags":{"docker.io/library/x:latest":"sha256:<id>"},
-//!                       "images":{"sha256:<id>":{manifest_digest,created,config,layers:[
-//!                       {digest,media_type,diff_id,size}]}}}; replaced atomically
+//!                       "images":{"sha256:<id>":{manifest_digest,config_digest,created,
+//!                       config,layers:[{digest,media_type,diff_id,size}]}}}; replaced atomically
 //!                      (write refs.json.tmp-<pid>, fsync, rename)
 //! lock                 flock'd (exclusive) by every writer, across processes
 //! tmp/<pid>-<n>-*      work space; entries of dead pids are removed by open()
@@ -31,12 +32,17 @@
 //! write outside its root while unpacking, or delete a blob or layer another
 //! image still uses. It does not know about containers: a caller must not
 //! remove an image whose layers a running container uses as lower dirs.
-//! Registry pulls live elsewhere and call into this store.
+//! Registry pulls and pushes (`registry`) and `docker save` archives
+//! (`save`) are built on the same verified blob writing and commit.
 
 mod archive;
 mod config;
 pub mod reference;
+mod registry;
+mod save;
 mod unpack;
+
+pub use registry::{PullOptions, PushOptions};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -84,6 +90,20 @@ pub enum ImageError {
     Unsupported(String),
     #[error("refusing entry {entry:?} of {layer}: its path leads outside the directory it is unpacked into")]
     PathEscape { layer: String, entry: String },
+    #[error("registry {registry}: {action}: {reason}")]
+    Registry {
+        registry: String,
+        action: String,
+        reason: String,
+        /// Whether trying again may help (network errors, 5xx).
+        transient: bool,
+    },
+    #[error("registry {registry}: {action}: access denied ({reason}); check the credentials for {registry} in the auth file")]
+    Unauthorized {
+        registry: String,
+        action: String,
+        reason: String,
+    },
     #[error("image store {path}: refs format version {found} is newer than the supported {supported}; upgrade flotilla")]
     StoreVersion {
         path: PathBuf,
@@ -623,11 +643,7 @@ impl ImageStore {
         let media_type = match unpack::detect_compression(&head) {
             unpack::Compression::None => oci_spec::image::MediaType::ImageLayer,
             unpack::Compression::Gzip => oci_spec::image::MediaType::ImageLayerGzip,
-            unpack::Compression::Zstd => {
-                return Err(ImageError::Unsupported(
-                    "the root filesystem tarball is zstd-compressed; use gzip or none".to_string(),
-                ))
-            }
+            unpack::Compression::Zstd => oci_spec::image::MediaType::ImageLayerZstd,
         };
         Ok((tmp, digest, size, media_type.to_string()))
     }
@@ -760,6 +776,15 @@ impl ImageStore {
                 BlobSource::Staged(f) => self.put_blob_file(&f.path, &f.digest)?,
                 BlobSource::Bytes { bytes, .. } => {
                     self.put_blob_bytes(bytes)?;
+                }
+                BlobSource::Stored { digest, .. } => {
+                    return Err(ImageError::Io {
+                        action: format!("reusing stored blob {digest}"),
+                        source: io::Error::new(
+                            io::ErrorKind::NotFound,
+                            "it was deleted while the image was being stored",
+                        ),
+                    })
                 }
             }
             placed_blobs.push(digest);

@@ -104,9 +104,71 @@ pub(crate) fn decompressed<'a, R: Read + 'a>(
     match detect_compression(&head) {
         Compression::None => Ok(Box::new(reader)),
         Compression::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(reader))),
-        Compression::Zstd => Err(ImageError::Unsupported(format!(
-            "{what} is zstd-compressed; zstd layers are not supported yet"
-        ))),
+        Compression::Zstd => Ok(Box::new(ZstdFrames::new(reader))),
+    }
+}
+
+/// A zstd stream of one or more frames, skippable frames skipped (as the
+/// `zstd` tool reads it); ruzstd's own streaming decoder stops after one.
+pub(crate) struct ZstdFrames<R> {
+    source: R,
+    decoder: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+}
+
+impl<R: io::BufRead> ZstdFrames<R> {
+    pub(crate) fn new(source: R) -> Self {
+        Self {
+            source,
+            decoder: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+        }
+    }
+}
+
+impl<R: io::BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        use ruzstd::decoding::BlockDecodingStrategy;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.in_frame {
+                if self.decoder.can_collect() > 0 {
+                    return self.decoder.read(buf);
+                }
+                if !self.decoder.is_finished() {
+                    self.decoder
+                        .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
+                        .map_err(io::Error::other)?;
+                    continue;
+                }
+                self.in_frame = false;
+            }
+            if self.source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            match self.decoder.init(&mut self.source) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let skipped = io::copy(
+                        &mut (&mut self.source).take(u64::from(length)),
+                        &mut io::sink(),
+                    )?;
+                    if skipped != u64::from(length) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "zstd stream ends inside a skippable frame",
+                        ));
+                    }
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
     }
 }
 
@@ -263,9 +325,17 @@ pub(crate) fn unpack_layer<R: Read>(
                             entry: shown.clone(),
                         }
                     } else {
+                        // tar's error hides the OS error in its source;
+                        // keep it in the message, it says what went wrong.
+                        let mut msg = e.to_string();
+                        let mut cause = std::error::Error::source(&e);
+                        while let Some(c) = cause {
+                            msg.push_str(&format!(": {c}"));
+                            cause = c.source();
+                        }
                         ImageError::Io {
                             action: format!("unpacking {shown} of {what}"),
-                            source: e,
+                            source: std::io::Error::new(e.kind(), msg),
                         }
                     }
                 })?;
@@ -422,6 +492,36 @@ mod tests {
         assert_eq!(clean_path(b"./").unwrap(), PathBuf::new());
         assert!(clean_path(b"a/../../etc").is_none());
         assert!(clean_path(b"..").is_none());
+    }
+
+    #[test]
+    fn zstd_frames_are_all_read_and_skippable_frames_skipped() {
+        use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+        let a: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let b = b"second frame".to_vec();
+        let mut stream = compress_to_vec(&a[..], CompressionLevel::Fastest);
+        // A skippable frame (magic 0x184D2A50, little-endian length), as
+        // zstd:chunked writes them, between two data frames.
+        stream.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        stream.extend_from_slice(&5u32.to_le_bytes());
+        stream.extend_from_slice(b"skip!");
+        stream.extend_from_slice(&compress_to_vec(&b[..], CompressionLevel::Uncompressed));
+        let mut out = Vec::new();
+        decompressed(&stream[..], "test stream")
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        let mut want = a;
+        want.extend_from_slice(&b);
+        assert_eq!(out.len(), want.len());
+        assert!(out == want);
+        // Truncated: an error, not a short read passed off as the end.
+        let cut = &stream[..stream.len() / 3];
+        let mut out = Vec::new();
+        assert!(decompressed(cut, "cut stream")
+            .unwrap()
+            .read_to_end(&mut out)
+            .is_err());
     }
 
     #[test]

@@ -316,7 +316,10 @@ mod tests {
     fn splitter_handles_partial_and_long_lines() {
         let mut s = LineSplitter::default();
         assert_eq!(s.push(b"ab"), Vec::<Vec<u8>>::new());
-        assert_eq!(s.push(b"c\nde\nf"), vec![b"abc\n".to_vec(), b"de\n".to_vec()]);
+        assert_eq!(
+            s.push(b"c\nde\nf"),
+            vec![b"abc\n".to_vec(), b"de\n".to_vec()]
+        );
         assert_eq!(s.flush(), Some(b"f".to_vec()));
         assert_eq!(s.flush(), None);
         let long = vec![b'x'; MAX_LINE + 10];
@@ -334,7 +337,8 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let t1 = t0 + Duration::from_nanos(1_500);
         w.write_entry(LogStream::Stdout, b"hello\n", t0).unwrap();
-        w.write_entry(LogStream::Stderr, b"bad \xff byte\n", t1).unwrap();
+        w.write_entry(LogStream::Stderr, b"bad \xff byte\n", t1)
+            .unwrap();
 
         let text = std::fs::read_to_string(&path).unwrap();
         let first = text.lines().next().unwrap();

@@ -55,6 +55,14 @@ add rule inet flotilla forward jump fwd-in
 add rule inet flotilla forward jump fwd-out
 ";
 
+/// Serialises this process's read-modify-write cycles on the ruleset, so
+/// two calls never try to delete the same rule handle.
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn tag(bridge: &str) -> String {
     format!("{TAG_PREFIX}{bridge}")
 }
@@ -72,6 +80,7 @@ pub fn ensure_base() -> Result<(), NetError> {
 pub fn add_network(bridge: &str, subnet: &str, internal: bool) -> Result<(), NetError> {
     check_ifname(bridge)?;
     let (net, len) = network_v4(subnet)?;
+    let _guard = lock();
     let ruleset = Ruleset::read()?;
     let t = tag(bridge);
     let mut script = String::from(BASE);
@@ -84,30 +93,68 @@ pub fn add_network(bridge: &str, subnet: &str, internal: bool) -> Result<(), Net
         script.push_str(&format!("add rule inet flotilla {chain} {body} {c}\n"));
     };
     if !internal {
-        add(&mut script, "fwd-in", format!("oifname \"{b}\" iifname != \"{b}\" ct state established,related accept"));
-        add(&mut script, "fwd-in", format!("oifname \"{b}\" iifname != \"{b}\" ct status dnat accept"));
+        add(
+            &mut script,
+            "fwd-in",
+            format!("oifname \"{b}\" iifname != \"{b}\" ct state established,related accept"),
+        );
+        add(
+            &mut script,
+            "fwd-in",
+            format!("oifname \"{b}\" iifname != \"{b}\" ct status dnat accept"),
+        );
     }
-    add(&mut script, "fwd-in", format!("oifname \"{b}\" iifname != \"{b}\" drop"));
-    add(&mut script, "fwd-out", format!("iifname \"{b}\" oifname \"{b}\" accept"));
-    add(&mut script, "fwd-out", format!("iifname \"{b}\" {}", if internal { "drop" } else { "accept" }));
+    add(
+        &mut script,
+        "fwd-in",
+        format!("oifname \"{b}\" iifname != \"{b}\" drop"),
+    );
+    add(
+        &mut script,
+        "fwd-out",
+        format!("iifname \"{b}\" oifname \"{b}\" accept"),
+    );
+    add(
+        &mut script,
+        "fwd-out",
+        format!(
+            "iifname \"{b}\" {}",
+            if internal { "drop" } else { "accept" }
+        ),
+    );
     if !internal {
-        add(&mut script, "postrouting", format!("ip saddr {net}/{len} oifname != \"{b}\" masquerade"));
+        add(
+            &mut script,
+            "postrouting",
+            format!("ip saddr {net}/{len} oifname != \"{b}\" masquerade"),
+        );
     }
     for (family, chain) in ruleset.docker_targets() {
         // `insert` puts them first, ahead of Docker's own drops; iifname
         // covers same-bridge traffic too (br_netfilter shows it as in = out = bridge).
-        script.push_str(&format!("insert rule {family} filter {chain} oifname \"{b}\" counter accept {c}\n"));
-        script.push_str(&format!("insert rule {family} filter {chain} iifname \"{b}\" counter accept {c}\n"));
+        script.push_str(&format!(
+            "insert rule {family} filter {chain} oifname \"{b}\" counter accept {c}\n"
+        ));
+        script.push_str(&format!(
+            "insert rule {family} filter {chain} iifname \"{b}\" counter accept {c}\n"
+        ));
     }
-    nft_script(&format!("adding rules for network on bridge {bridge} ({subnet})"), &script)
+    nft_script(
+        &format!("adding rules for network on bridge {bridge} ({subnet})"),
+        &script,
+    )
 }
 
 /// Removes exactly the rules tagged for `bridge`, in our table and in
 /// Docker's chains. Succeeds if there are none.
 pub fn remove_network(bridge: &str) -> Result<(), NetError> {
     check_ifname(bridge)?;
+    let _guard = lock();
     let ruleset = Ruleset::read()?;
-    let script: String = ruleset.tagged(&tag(bridge)).map(|r| r.delete_cmd()).collect();
+    let script: String = ruleset
+        .tagged(&tag(bridge))
+        .map(|r| r.delete_cmd())
+        .collect();
     if script.is_empty() {
         return Ok(());
     }
@@ -122,7 +169,12 @@ pub fn list_networks() -> Result<Vec<String>, NetError> {
         .rules
         .iter()
         .filter(|r| r.is_ours())
-        .filter_map(|r| r.comment.as_deref().and_then(|c| c.strip_prefix(TAG_PREFIX)).map(str::to_string))
+        .filter_map(|r| {
+            r.comment
+                .as_deref()
+                .and_then(|c| c.strip_prefix(TAG_PREFIX))
+                .map(str::to_string)
+        })
         .collect();
     Ok(names.into_iter().collect())
 }
@@ -130,10 +182,15 @@ pub fn list_networks() -> Result<Vec<String>, NetError> {
 /// Removes everything Flotilla added: `table inet flotilla` and every
 /// tagged rule in Docker's chains. For uninstalling a node.
 pub fn teardown() -> Result<(), NetError> {
+    let _guard = lock();
     let ruleset = Ruleset::read()?;
     let mut script = String::new();
     // Rules in our own table go with the table.
-    for rule in ruleset.rules.iter().filter(|r| r.is_ours() && r.table != TABLE) {
+    for rule in ruleset
+        .rules
+        .iter()
+        .filter(|r| r.is_ours() && r.table != TABLE)
+    {
         script.push_str(&rule.delete_cmd());
     }
     if ruleset.has_our_table {
@@ -157,7 +214,25 @@ pub fn enable_ip_forward() -> Result<(), NetError> {
 /// same-bridge container traffic is subject to every forward chain, which
 /// [`add_network`] accounts for.
 pub fn br_netfilter_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|s| s.trim() == "1").unwrap_or(false)
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false)
+}
+
+/// Tables of legacy (non-nft) iptables loaded in this namespace, from
+/// /proc/net/ip_tables_names. Rules there are invisible to nft, so if
+/// Docker runs on iptables-legacy with a FORWARD drop policy, Flotilla's
+/// forwarded traffic is dropped and nothing here can see why: the agent
+/// should warn when this lists `filter`.
+pub fn legacy_iptables_tables() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/ip_tables_names")
+        .map(|s| {
+            s.lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs `nft -f -` with `script` on stdin: one atomic transaction.
@@ -168,19 +243,30 @@ fn nft_script(op: &str, script: &str) -> Result<(), NetError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| NetError::Nft { op: op.to_string(), detail: format!("starting nft: {e}") })?;
+        .map_err(|e| NetError::Nft {
+            op: op.to_string(),
+            detail: format!("starting nft: {e}"),
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
-            .map_err(|e| NetError::Nft { op: op.to_string(), detail: format!("writing script to nft: {e}") })?;
+            .map_err(|e| NetError::Nft {
+                op: op.to_string(),
+                detail: format!("writing script to nft: {e}"),
+            })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetError::Nft { op: op.to_string(), detail: format!("waiting for nft: {e}") })?;
+    let out = child.wait_with_output().map_err(|e| NetError::Nft {
+        op: op.to_string(),
+        detail: format!("waiting for nft: {e}"),
+    })?;
     if !out.status.success() {
         return Err(NetError::Nft {
             op: op.to_string(),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())
@@ -203,21 +289,33 @@ struct Rule {
 impl Rule {
     /// Tagged by Flotilla, in a table Flotilla writes to.
     fn is_ours(&self) -> bool {
-        let tagged = self.comment.as_deref().is_some_and(|c| c.starts_with(TAG_PREFIX));
+        let tagged = self
+            .comment
+            .as_deref()
+            .is_some_and(|c| c.starts_with(TAG_PREFIX));
         let table_ok = (self.family == "inet" && self.table == TABLE)
             || ((self.family == "ip" || self.family == "ip6") && self.table == "filter");
         tagged && table_ok
     }
 
     fn delete_cmd(&self) -> String {
-        format!("delete rule {} {} {} handle {}\n", self.family, self.table, quote_chain(&self.chain), self.handle)
+        format!(
+            "delete rule {} {} {} handle {}\n",
+            self.family,
+            self.table,
+            quote_chain(&self.chain),
+            self.handle
+        )
     }
 }
 
 /// Chain names from the ruleset (Docker's are upper case with '-'); quote
 /// anything unusual so nft does not read it as a keyword.
 fn quote_chain(name: &str) -> String {
-    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         name.to_string()
     } else {
         format!("\"{}\"", name.replace('"', ""))
@@ -237,36 +335,68 @@ impl Ruleset {
             .args(["-j", "list", "ruleset"])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| NetError::Nft { op: op.to_string(), detail: format!("starting nft: {e}") })?;
+            .map_err(|e| NetError::Nft {
+                op: op.to_string(),
+                detail: format!("starting nft: {e}"),
+            })?;
         if !out.status.success() {
             return Err(NetError::Nft {
                 op: op.to_string(),
-                detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             });
         }
-        Self::parse(&out.stdout).map_err(|detail| NetError::Nft { op: op.to_string(), detail })
+        Self::parse(&out.stdout).map_err(|detail| NetError::Nft {
+            op: op.to_string(),
+            detail,
+        })
     }
 
     fn parse(json: &[u8]) -> Result<Self, String> {
-        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| format!("parsing nft JSON: {e}"))?;
-        let items = v.get("nftables").and_then(|n| n.as_array()).ok_or("nft JSON has no \"nftables\" array")?;
-        let s = |o: &serde_json::Value, k: &str| o.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
-        let mut rs = Ruleset { chains: Vec::new(), rules: Vec::new(), has_our_table: false };
+        let v: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| format!("parsing nft JSON: {e}"))?;
+        let items = v
+            .get("nftables")
+            .and_then(|n| n.as_array())
+            .ok_or("nft JSON has no \"nftables\" array")?;
+        let s = |o: &serde_json::Value, k: &str| {
+            o.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut rs = Ruleset {
+            chains: Vec::new(),
+            rules: Vec::new(),
+            has_our_table: false,
+        };
         for item in items {
             if let Some(t) = item.get("table") {
                 if s(t, "family") == "inet" && s(t, "name") == TABLE {
                     rs.has_our_table = true;
                 }
             } else if let Some(c) = item.get("chain") {
-                rs.chains.push(Chain { family: s(c, "family"), table: s(c, "table"), name: s(c, "name") });
+                rs.chains.push(Chain {
+                    family: s(c, "family"),
+                    table: s(c, "table"),
+                    name: s(c, "name"),
+                });
             } else if let Some(r) = item.get("rule") {
-                let Some(handle) = r.get("handle").and_then(|h| h.as_u64()) else { continue };
+                let Some(handle) = r.get("handle").and_then(|h| h.as_u64()) else {
+                    continue;
+                };
                 rs.rules.push(Rule {
                     family: s(r, "family"),
                     table: s(r, "table"),
                     chain: s(r, "chain"),
                     handle,
-                    comment: r.get("comment").and_then(|c| c.as_str()).map(str::to_string),
+                    comment: r
+                        .get("comment")
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string),
                 });
             }
         }
@@ -274,11 +404,15 @@ impl Ruleset {
     }
 
     fn has_chain(&self, family: &str, table: &str, name: &str) -> bool {
-        self.chains.iter().any(|c| c.family == family && c.table == table && c.name == name)
+        self.chains
+            .iter()
+            .any(|c| c.family == family && c.table == table && c.name == name)
     }
 
     fn tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules.iter().filter(move |r| r.is_ours() && r.comment.as_deref() == Some(tag))
+        self.rules
+            .iter()
+            .filter(move |r| r.is_ours() && r.comment.as_deref() == Some(tag))
     }
 
     /// Docker-style chains that must also accept our traffic: per family
@@ -288,7 +422,11 @@ impl Ruleset {
         let mut out = Vec::new();
         for family in ["ip", "ip6"] {
             if self.has_chain(family, "filter", "FORWARD") {
-                let chain = if self.has_chain(family, "filter", "DOCKER-USER") { "DOCKER-USER" } else { "FORWARD" };
+                let chain = if self.has_chain(family, "filter", "DOCKER-USER") {
+                    "DOCKER-USER"
+                } else {
+                    "FORWARD"
+                };
                 out.push((family, chain));
             }
         }
@@ -315,7 +453,10 @@ mod tests {
         ]}"#;
         let rs = Ruleset::parse(json).unwrap();
         assert!(rs.has_our_table);
-        assert_eq!(rs.docker_targets(), vec![("ip", "DOCKER-USER"), ("ip6", "FORWARD")]);
+        assert_eq!(
+            rs.docker_targets(),
+            vec![("ip", "DOCKER-USER"), ("ip6", "FORWARD")]
+        );
         let br1: Vec<_> = rs.tagged("flotilla:br1").map(|r| r.delete_cmd()).collect();
         assert_eq!(br1, vec!["delete rule ip filter DOCKER-USER handle 7\n"]);
         // A tag outside the tables we write to is not ours.

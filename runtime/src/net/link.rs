@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::{check_ifname, mac_for, netns, parse_cidr_v4, parse_mac, NetError};
+use super::{check_ifname, netns, parse_cidr_v4, parse_mac, NetError};
 
 /// Name the container side of every veth gets inside its namespace.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -48,14 +50,19 @@ impl Netlink {
     /// Opens a connection in the calling thread's network namespace and
     /// drives it on the current tokio runtime.
     pub async fn connect() -> Result<Self, NetError> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| NetError::io("opening netlink socket", "NETLINK_ROUTE", e))?;
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetError::io("opening netlink socket", "NETLINK_ROUTE", e))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(link) => Ok(link),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
@@ -66,7 +73,10 @@ impl Netlink {
     async fn index_of(&self, name: &str) -> Result<u32, NetError> {
         match self.link_by_name(name).await? {
             Some(link) => Ok(link.header.index),
-            None => Err(NetError::NotFound { what: "link", name: name.to_string() }),
+            None => Err(NetError::NotFound {
+                what: "link",
+                name: name.to_string(),
+            }),
         }
     }
 
@@ -103,15 +113,22 @@ impl Netlink {
 
     /// Makes sure bridge `name` exists, is up, has `mtu` (when given) and
     /// has exactly `gateway_cidr` (e.g. `"10.89.3.1/24"`) as its IPv4
-    /// address. Idempotent. A new bridge gets the gateway's
-    /// [`mac_for`] MAC so its address does not change as ports come and go.
-    pub async fn ensure_bridge(&self, name: &str, gateway_cidr: &str, mtu: Option<u32>) -> Result<(), NetError> {
+    /// address. Idempotent. A new bridge gets a fixed random MAC (as Docker
+    /// does), so its address does not follow its ports as they come and go
+    /// (which would leave containers with a stale gateway entry), and
+    /// bridges of one overlay on different hosts do not share a MAC.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway_cidr: &str,
+        mtu: Option<u32>,
+    ) -> Result<(), NetError> {
         check_ifname(name)?;
         let (gateway, prefix) = parse_cidr_v4(gateway_cidr)?;
         let link = match self.link_by_name(name).await? {
             Some(link) => link,
             None => {
-                let mac = parse_mac(&mac_for(gateway))?;
+                let mac = random_mac(name)?;
                 let mut builder = LinkBridge::new(name).address(mac.to_vec());
                 if let Some(mtu) = mtu {
                     builder = builder.mtu(mtu);
@@ -124,12 +141,18 @@ impl Netlink {
                 }
                 self.link_by_name(name)
                     .await?
-                    .ok_or_else(|| NetError::NotFound { what: "bridge just created", name: name.to_string() })?
+                    .ok_or_else(|| NetError::NotFound {
+                        what: "bridge just created",
+                        name: name.to_string(),
+                    })?
             }
         };
         let kind = link_kind(&link);
         if kind.as_deref() != Some("bridge") {
-            return Err(NetError::NotABridge { name: name.to_string(), kind: kind.unwrap_or_else(|| "plain link".into()) });
+            return Err(NetError::NotABridge {
+                name: name.to_string(),
+                kind: kind.unwrap_or_else(|| "plain link".into()),
+            });
         }
         let index = link.header.index;
         let mut set = LinkUnspec::new_with_index(index).up();
@@ -169,7 +192,9 @@ impl Netlink {
                     .del(msg)
                     .execute()
                     .await
-                    .map_err(|e| NetError::netlink("removing stale address from bridge", name, e))?;
+                    .map_err(|e| {
+                        NetError::netlink("removing stale address from bridge", name, e)
+                    })?;
             }
         }
         if !have {
@@ -179,7 +204,13 @@ impl Netlink {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| NetError::netlink("adding gateway address to bridge", format!("{name} {gateway_cidr}"), e))?;
+                .map_err(|e| {
+                    NetError::netlink(
+                        "adding gateway address to bridge",
+                        format!("{name} {gateway_cidr}"),
+                        e,
+                    )
+                })?;
         }
         Ok(())
     }
@@ -209,8 +240,13 @@ impl Netlink {
             reason: "not an IPv4 address".to_string(),
         })?;
         let mac = parse_mac(mac)?;
-        let bridge_link =
-            self.link_by_name(bridge).await?.ok_or_else(|| NetError::NotFound { what: "bridge", name: bridge.to_string() })?;
+        let bridge_link = self
+            .link_by_name(bridge)
+            .await?
+            .ok_or_else(|| NetError::NotFound {
+                what: "bridge",
+                name: bridge.to_string(),
+            })?;
         let mtu = bridge_link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Mtu(m) => Some(*m),
             _ => None,
@@ -218,23 +254,47 @@ impl Netlink {
         let ns = std::fs::File::open(netns_path)
             .map_err(|e| NetError::io("opening network namespace", netns_path.display(), e))?;
         if !netns::is_netns_mount(netns_path) {
-            return Err(NetError::NotFound { what: "network namespace", name: netns_path.display().to_string() });
+            return Err(NetError::NotFound {
+                what: "network namespace",
+                name: netns_path.display().to_string(),
+            });
         }
 
         self.delete_link(host_if).await?;
-        let mut peer = LinkUnspec::new_with_name(CONTAINER_IFNAME).address(mac.to_vec()).setns_by_fd(ns.as_raw_fd());
+        let mut peer = LinkUnspec::new_with_name(CONTAINER_IFNAME)
+            .address(mac.to_vec())
+            .setns_by_fd(ns.as_raw_fd());
         let mut veth = LinkVeth::new(host_if, CONTAINER_IFNAME);
         if let Some(mtu) = mtu {
             peer = peer.mtu(mtu);
             veth = veth.mtu(mtu);
         }
-        let msg = veth.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
+        let msg = veth
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
         self.handle.link().add(msg).execute().await.map_err(|e| {
-            NetError::netlink("creating veth pair", format!("{host_if} <-> {CONTAINER_IFNAME} in {}", netns_path.display()), e)
+            NetError::netlink(
+                "creating veth pair",
+                format!(
+                    "{host_if} <-> {CONTAINER_IFNAME} in {}",
+                    netns_path.display()
+                ),
+                e,
+            )
         })?;
         drop(ns);
 
-        let result = self.finish_attach(bridge_link.header.index, bridge, host_if, netns_path, addr, prefix, gateway).await;
+        let result = self
+            .finish_attach(
+                bridge_link.header.index,
+                bridge,
+                host_if,
+                netns_path,
+                addr,
+                prefix,
+                gateway,
+            )
+            .await;
         if result.is_err() {
             let _ = self.delete_link(host_if).await;
         }
@@ -255,23 +315,43 @@ impl Netlink {
         let host_index = self.index_of(host_if).await?;
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge_index)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(|e| NetError::netlink("enslaving veth to bridge", format!("{host_if} -> {bridge}"), e))?;
+            .map_err(|e| {
+                NetError::netlink(
+                    "enslaving veth to bridge",
+                    format!("{host_if} -> {bridge}"),
+                    e,
+                )
+            })?;
 
         let path: PathBuf = netns_path.to_path_buf();
         let inner = tokio::task::spawn_blocking(move || {
             netns::run_in(&path, || {
-                blocking_in_current_netns(&path, |nl| async move { nl.configure_container_if(addr, prefix, gateway).await })
+                blocking_in_current_netns(&path, |nl| async move {
+                    nl.configure_container_if(addr, prefix, gateway).await
+                })
             })
         })
         .await
-        .map_err(|_| NetError::ThreadPanicked { target: netns_path.display().to_string() })?;
+        .map_err(|_| NetError::ThreadPanicked {
+            target: netns_path.display().to_string(),
+        })?;
         inner?
     }
 
-    async fn configure_container_if(&self, addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
+    async fn configure_container_if(
+        &self,
+        addr: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetError> {
         let index = self.index_of(CONTAINER_IFNAME).await?;
         let target = format!("{CONTAINER_IFNAME} {addr}/{prefix}");
         self.handle
@@ -287,14 +367,23 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetError::netlink("setting container interface up", &target, e))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
         self.handle
             .route()
             .add(route)
             .replace()
             .execute()
             .await
-            .map_err(|e| NetError::netlink("adding default route in container namespace", format!("via {gateway}"), e))
+            .map_err(|e| {
+                NetError::netlink(
+                    "adding default route in container namespace",
+                    format!("via {gateway}"),
+                    e,
+                )
+            })
     }
 
     /// Destinations routed on this host (IPv4 and IPv6, every table but
@@ -342,6 +431,17 @@ impl Netlink {
     }
 }
 
+/// A random locally administered unicast MAC.
+fn random_mac(for_link: &str) -> Result<[u8; 6], NetError> {
+    use std::io::Read;
+    let mut mac = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut mac))
+        .map_err(|e| NetError::io("reading /dev/urandom for a MAC address of", for_link, e))?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
 fn link_kind(link: &LinkMessage) -> Option<String> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
@@ -364,7 +464,13 @@ where
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| NetError::io("starting netlink runtime for namespace", target.display(), e))?;
+        .map_err(|e| {
+            NetError::io(
+                "starting netlink runtime for namespace",
+                target.display(),
+                e,
+            )
+        })?;
     rt.block_on(async move {
         let nl = Netlink::connect().await?;
         f(nl).await

@@ -58,16 +58,40 @@ pub enum NetError {
 }
 
 impl NetError {
-    pub(crate) fn io(op: &'static str, target: impl std::fmt::Display, source: std::io::Error) -> Self {
-        NetError::Io { op, target: target.to_string(), source }
+    pub(crate) fn io(
+        op: &'static str,
+        target: impl std::fmt::Display,
+        source: std::io::Error,
+    ) -> Self {
+        NetError::Io {
+            op,
+            target: target.to_string(),
+            source,
+        }
     }
 
-    pub(crate) fn errno(op: &'static str, target: impl std::fmt::Display, errno: nix::errno::Errno) -> Self {
-        NetError::Io { op, target: target.to_string(), source: std::io::Error::from(errno) }
+    pub(crate) fn errno(
+        op: &'static str,
+        target: impl std::fmt::Display,
+        errno: nix::errno::Errno,
+    ) -> Self {
+        NetError::Io {
+            op,
+            target: target.to_string(),
+            source: std::io::Error::from(errno),
+        }
     }
 
-    pub(crate) fn netlink(op: &'static str, target: impl std::fmt::Display, source: rtnetlink::Error) -> Self {
-        NetError::Netlink { op, target: target.to_string(), source }
+    pub(crate) fn netlink(
+        op: &'static str,
+        target: impl std::fmt::Display,
+        source: rtnetlink::Error,
+    ) -> Self {
+        NetError::Netlink {
+            op,
+            target: target.to_string(),
+            source,
+        }
     }
 }
 
@@ -80,11 +104,17 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
 
 /// Parses `"aa:bb:cc:dd:ee:ff"` into six bytes.
 pub fn parse_mac(mac: &str) -> Result<[u8; 6], NetError> {
-    let bad = |reason: &str| NetError::Invalid { what: "MAC address", value: mac.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| NetError::Invalid {
+        what: "MAC address",
+        value: mac.to_string(),
+        reason: reason.to_string(),
+    };
     let mut out = [0u8; 6];
     let mut parts = mac.split(':');
     for byte in out.iter_mut() {
-        let part = parts.next().ok_or_else(|| bad("expected six colon-separated hex bytes"))?;
+        let part = parts
+            .next()
+            .ok_or_else(|| bad("expected six colon-separated hex bytes"))?;
         if part.len() != 2 {
             return Err(bad("each byte must be two hex digits"));
         }
@@ -102,10 +132,18 @@ pub fn parse_mac(mac: &str) -> Result<[u8; 6], NetError> {
 /// Parses `"10.89.3.1/24"` into the address and prefix length. The address
 /// part may have host bits set (it is an interface address, not a network).
 pub fn parse_cidr_v4(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
-    let bad = |reason: &str| NetError::Invalid { what: "IPv4 CIDR", value: cidr.to_string(), reason: reason.to_string() };
-    let (addr, len) = cidr.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX"))?;
+    let bad = |reason: &str| NetError::Invalid {
+        what: "IPv4 CIDR",
+        value: cidr.to_string(),
+        reason: reason.to_string(),
+    };
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| bad("expected ADDRESS/PREFIX"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| bad("address is not IPv4"))?;
-    let len: u8 = len.parse().map_err(|_| bad("prefix length is not a number"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| bad("prefix length is not a number"))?;
     if len > 32 {
         return Err(bad("prefix length above 32"));
     }
@@ -116,22 +154,35 @@ pub fn parse_cidr_v4(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
 /// `10.89.3.0/24`.
 pub fn network_v4(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
     let (addr, len) = parse_cidr_v4(cidr)?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
     Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
 }
 
 /// Checks an interface name the kernel will accept and that is safe to put
 /// between quotes in an nft script.
 pub fn check_ifname(name: &str) -> Result<(), NetError> {
-    let bad = |reason: &str| NetError::Invalid { what: "interface name", value: name.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| NetError::Invalid {
+        what: "interface name",
+        value: name.to_string(),
+        reason: reason.to_string(),
+    };
     if name.is_empty() || name.len() > IFNAME_MAX {
         return Err(bad("must be 1 to 15 bytes"));
     }
     if name == "." || name == ".." {
         return Err(bad("reserved name"));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(bad("only ASCII letters, digits, '-', '_' and '.' are allowed"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(bad(
+            "only ASCII letters, digits, '-', '_' and '.' are allowed",
+        ));
     }
     Ok(())
 }
@@ -143,7 +194,10 @@ mod tests {
     #[test]
     fn mac_follows_docker_scheme() {
         assert_eq!(mac_for(Ipv4Addr::new(10, 89, 3, 2)), "02:42:0a:59:03:02");
-        assert_eq!(parse_mac("02:42:0a:59:03:02").unwrap(), [2, 0x42, 10, 0x59, 3, 2]);
+        assert_eq!(
+            parse_mac("02:42:0a:59:03:02").unwrap(),
+            [2, 0x42, 10, 0x59, 3, 2]
+        );
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("02:42:0a:59:03").is_err());
         assert!(parse_mac("02:42:0a:59:03:02:01").is_err());
@@ -151,8 +205,14 @@ mod tests {
 
     #[test]
     fn cidr_parsing() {
-        assert_eq!(parse_cidr_v4("10.89.3.1/24").unwrap(), (Ipv4Addr::new(10, 89, 3, 1), 24));
-        assert_eq!(network_v4("10.89.3.7/24").unwrap(), (Ipv4Addr::new(10, 89, 3, 0), 24));
+        assert_eq!(
+            parse_cidr_v4("10.89.3.1/24").unwrap(),
+            (Ipv4Addr::new(10, 89, 3, 1), 24)
+        );
+        assert_eq!(
+            network_v4("10.89.3.7/24").unwrap(),
+            (Ipv4Addr::new(10, 89, 3, 0), 24)
+        );
         assert_eq!(network_v4("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
         assert!(parse_cidr_v4("10.89.3.1").is_err());
         assert!(parse_cidr_v4("10.89.3.1/33").is_err());

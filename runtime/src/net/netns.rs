@@ -28,11 +28,15 @@ use super::{link, NetError};
 /// `tokio::task::spawn_blocking`.
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetError> {
     check_name(name)?;
-    fs::create_dir_all(dir).map_err(|e| NetError::io("creating netns directory", dir.display(), e))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| NetError::io("creating netns directory", dir.display(), e))?;
     make_shared_mount(dir)?;
     let path = dir.join(name);
     if is_netns_mount(&path) {
-        return Err(NetError::Exists { what: "network namespace", name: path.display().to_string() });
+        return Err(NetError::Exists {
+            what: "network namespace",
+            name: path.display().to_string(),
+        });
     }
     fs::OpenOptions::new()
         .write(true)
@@ -44,15 +48,28 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetError> {
     let result = std::thread::scope(|s| {
         s.spawn(|| -> Result<(), NetError> {
             // This thread alone moves into the new namespace; it exits when done.
-            unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(|e| NetError::errno("unsharing network namespace for", path.display(), e))?;
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+                NetError::errno("unsharing network namespace for", path.display(), e)
+            })?;
             // /proc/self would name the main thread's namespace, not this thread's.
-            mount(Some("/proc/thread-self/ns/net"), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| NetError::errno("bind-mounting network namespace onto", path.display(), e))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                NetError::errno("bind-mounting network namespace onto", path.display(), e)
+            })?;
             link::blocking_in_current_netns(&path, |nl| async move { nl.set_up("lo").await })
         })
         .join()
-        .unwrap_or_else(|_| Err(NetError::ThreadPanicked { target: path.display().to_string() }))
+        .unwrap_or_else(|_| {
+            Err(NetError::ThreadPanicked {
+                target: path.display().to_string(),
+            })
+        })
     });
     if let Err(e) = result {
         // Leave nothing half made behind.
@@ -69,12 +86,22 @@ pub fn remove(dir: &Path, name: &str) -> Result<(), NetError> {
     let path = dir.join(name);
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(NetError::errno("unmounting network namespace", path.display(), e)),
+        Err(e) => {
+            return Err(NetError::errno(
+                "unmounting network namespace",
+                path.display(),
+                e,
+            ))
+        }
     }
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NetError::io("removing network namespace file", path.display(), e)),
+        Err(e) => Err(NetError::io(
+            "removing network namespace file",
+            path.display(),
+            e,
+        )),
     }
 }
 
@@ -84,11 +111,18 @@ pub fn list(dir: &Path) -> Result<Vec<String>, NetError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(NetError::io("listing network namespaces in", dir.display(), e)),
+        Err(e) => {
+            return Err(NetError::io(
+                "listing network namespaces in",
+                dir.display(),
+                e,
+            ))
+        }
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| NetError::io("listing network namespaces in", dir.display(), e))?;
+        let entry =
+            entry.map_err(|e| NetError::io("listing network namespaces in", dir.display(), e))?;
         if let Some(name) = entry.file_name().to_str() {
             names.push(name.to_string());
         }
@@ -99,7 +133,9 @@ pub fn list(dir: &Path) -> Result<Vec<String>, NetError> {
 
 /// Whether `path` has a network namespace mounted on it.
 pub fn is_netns_mount(path: &Path) -> bool {
-    statfs(path).map(|s| s.filesystem_type() == NSFS_MAGIC).unwrap_or(false)
+    statfs(path)
+        .map(|s| s.filesystem_type() == NSFS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Runs `f` on a dedicated thread that has joined the network namespace at
@@ -110,9 +146,13 @@ where
     T: Send,
     F: FnOnce() -> T + Send,
 {
-    let ns = fs::File::open(path).map_err(|e| NetError::io("opening network namespace", path.display(), e))?;
+    let ns = fs::File::open(path)
+        .map_err(|e| NetError::io("opening network namespace", path.display(), e))?;
     if !is_netns_mount(path) {
-        return Err(NetError::NotFound { what: "network namespace", name: path.display().to_string() });
+        return Err(NetError::NotFound {
+            what: "network namespace",
+            name: path.display().to_string(),
+        });
     }
     std::thread::scope(|s| {
         s.spawn(|| -> Result<T, NetError> {
@@ -121,7 +161,11 @@ where
             Ok(f())
         })
         .join()
-        .unwrap_or_else(|_| Err(NetError::ThreadPanicked { target: path.display().to_string() }))
+        .unwrap_or_else(|_| {
+            Err(NetError::ThreadPanicked {
+                target: path.display().to_string(),
+            })
+        })
     })
 }
 
@@ -129,14 +173,35 @@ where
 /// needed), as iproute2 does for /run/netns, so an unmount here also reaches
 /// copies of the mount in mount namespaces created later (containers).
 fn make_shared_mount(dir: &Path) -> Result<(), NetError> {
+    // Two concurrent first calls would otherwise both bind-mount the directory.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
     match mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
         Ok(()) => return Ok(()),
         Err(Errno::EINVAL) => {}
-        Err(e) => return Err(NetError::errno("making netns directory a shared mount", dir.display(), e)),
+        Err(e) => {
+            return Err(NetError::errno(
+                "making netns directory a shared mount",
+                dir.display(),
+                e,
+            ))
+        }
     }
-    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| NetError::errno("bind-mounting netns directory onto itself", dir.display(), e))?;
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        NetError::errno(
+            "bind-mounting netns directory onto itself",
+            dir.display(),
+            e,
+        )
+    })?;
     mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
         .map_err(|e| NetError::errno("making netns directory a shared mount", dir.display(), e))
 }

@@ -208,15 +208,33 @@ impl Shim {
             Err(e) => {
                 set_sigpipe(SigHandler::SigIgn);
                 reap_all();
-                return Err(format!("creating container {}: {}", cfg.id, error_chain(&e)));
+                return Err(format!(
+                    "creating container {}: {}",
+                    cfg.id,
+                    error_chain(&e)
+                ));
             }
         };
+        if cfg.loopback_up {
+            if let Some(pid) = container.pid() {
+                if let Err(e) = loopback_up(pid) {
+                    set_sigpipe(SigHandler::SigIgn);
+                    let _ = container.delete(true);
+                    reap_all();
+                    return Err(format!("setting up container {}: {e}", cfg.id));
+                }
+            }
+        }
         let started = container.start();
         set_sigpipe(SigHandler::SigIgn);
         if let Err(e) = started {
             let _ = container.delete(true);
             reap_all();
-            return Err(format!("starting container {}: {}", cfg.id, error_chain(&e)));
+            return Err(format!(
+                "starting container {}: {}",
+                cfg.id,
+                error_chain(&e)
+            ));
         }
         let started_at = SystemTime::now();
         let Some(pid) = container.pid() else {
@@ -479,6 +497,51 @@ impl Shim {
             eprintln!("shim: {e}");
         }
     }
+}
+
+/// Sets `lo` up inside the network namespace of `pid`, by entering that
+/// namespace and coming back (the shim is single-threaded, so nothing else
+/// runs in the wrong namespace meanwhile).
+fn loopback_up(pid: Pid) -> Result<(), String> {
+    use nix::sched::{setns, CloneFlags};
+    let own = File::open("/proc/self/ns/net").map_err(|e| format!("opening own netns: {e}"))?;
+    let path = format!("/proc/{pid}/ns/net");
+    let theirs = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    setns(&theirs, CloneFlags::CLONE_NEWNET).map_err(|e| format!("entering {path}: {e}"))?;
+    let result = set_link_up("lo");
+    if let Err(e) = setns(&own, CloneFlags::CLONE_NEWNET) {
+        // Staying in the container's netns would be wrong but harmless to
+        // the host; say so loudly.
+        eprintln!("shim: returning to own netns: {e}");
+    }
+    result.map_err(|e| format!("bringing lo up in {path}: {e}"))
+}
+
+fn set_link_up(name: &str) -> Result<(), Errno> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is a plain C struct for which all-zero bytes are valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of the ifreq
+    // we own; the socket fd is valid for the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: SIOCGIFFLAGS just filled the ifru_flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS only reads the ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {

@@ -31,6 +31,10 @@ pub(crate) struct ShimConfig {
     /// Files whose `oom_kill N` line says whether the kernel OOM-killed a
     /// process of the container (v1 `memory.oom_control`, v2 `memory.events`).
     pub oom_files: Vec<PathBuf>,
+    /// Bring `lo` up in the container's network namespace (set when the
+    /// container gets a new one, as Docker's `none` network has lo up).
+    #[serde(default)]
+    pub loopback_up: bool,
 }
 
 /// What the shim knows about its container; also persisted as `status.json`
@@ -51,7 +55,9 @@ pub(crate) struct ShimStatus {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
     State,
-    Kill { signal: i32 },
+    Kill {
+        signal: i32,
+    },
     /// Answered once the container has exited and its output is in the log.
     Wait,
     /// Kill (if running), reap, delete the libcontainer state and cgroups, then exit.
@@ -126,7 +132,12 @@ pub(crate) fn call(
         )),
         Ok(_) => serde_json::from_str(&answer)
             .map_err(|e| CallError::BadResponse(format!("{e}: {answer:?}"))),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             Err(CallError::Timeout)
         }
         Err(e) => Err(CallError::Io(e)),
