@@ -21,7 +21,12 @@ pub struct Global {
     /// Compose file(s), in order (later files override earlier ones).
     /// Before the command (`flotilla -f x.yaml logs -f`), or after it for
     /// commands whose `-f` is not taken (`flotilla up -f x.yaml`).
-    #[arg(short = 'f', long = "file", env = "COMPOSE_FILE", value_delimiter = ':')]
+    #[arg(
+        short = 'f',
+        long = "file",
+        env = "COMPOSE_FILE",
+        value_delimiter = ':'
+    )]
     pub files: Vec<PathBuf>,
     /// Project (stack) name.
     #[arg(short = 'p', long = "project-name", global = true)]

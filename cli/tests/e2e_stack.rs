@@ -149,20 +149,39 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
     // (bridge, rules) follow as soon as the agent sees the network deleted.
     let leftovers = || {
         let mut left = Vec::new();
-        left.extend(mounts_under(&[&state, &format!("{run}/netns/")]).into_iter().map(|m| format!("mount {m}")));
-        left.extend(cgroup_children(&d.cgroup_parent).into_iter().map(|c| format!("cgroup {}", c.display())));
+        left.extend(
+            mounts_under(&[&state, &format!("{run}/netns/")])
+                .into_iter()
+                .map(|m| format!("mount {m}")),
+        );
+        left.extend(
+            cgroup_children(&d.cgroup_parent)
+                .into_iter()
+                .map(|c| format!("cgroup {}", c.display())),
+        );
         let netns: Vec<_> = std::fs::read_dir(d.run_dir.join("netns"))
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         left.extend(netns.into_iter().map(|n| format!("netns {}", n.display())));
-        left.extend(addresses_in_pool(&d.pool).into_iter().map(|a| format!("link {a}")));
+        left.extend(
+            addresses_in_pool(&d.pool)
+                .into_iter()
+                .map(|a| format!("link {a}")),
+        );
         if nft_ruleset().contains(&subnet_prefix) {
             left.push(format!("nft rules for {subnet_prefix}*"));
         }
         left
     };
-    let clean = eventually(Duration::from_secs(15), || leftovers().is_empty().then_some(()));
-    assert!(clean.is_some(), "left after down: {:?}\n{}", leftovers(), d.daemon_log());
+    let clean = eventually(Duration::from_secs(15), || {
+        leftovers().is_empty().then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "left after down: {:?}\n{}",
+        leftovers(),
+        d.daemon_log()
+    );
 }
 
 #[test]

@@ -177,7 +177,15 @@ mod tests {
             (S::Shutdown, Some(S::Shutdown), Absent, Step::Wait),
             // desired remove: stop, then remove, then report removed
             (S::Remove, Some(S::Running), Running, Step::Stop),
-            (S::Remove, Some(S::Shutdown), Exited { code: 0, oom: false }, Step::Remove),
+            (
+                S::Remove,
+                Some(S::Shutdown),
+                Exited {
+                    code: 0,
+                    oom: false,
+                },
+                Step::Remove,
+            ),
             (S::Remove, Some(S::Shutdown), Absent, Step::Remove),
             (S::Remove, None, Absent, Step::Remove),
             (S::Remove, Some(S::Remove), Absent, Step::Wait),

@@ -9,19 +9,19 @@
 //! It never decides what should run or where: that is the manager's.
 
 use crate::controller::{self, Container, Step};
+use crate::network;
 use crate::node_service::{KnownTasks, NodeService};
-use crate::process::{self, container_id};
+use crate::process::container_id;
 use crate::session::{self, Outbox, SessionConfig};
 use crate::signals;
+use crate::tasks::{remove_task, start_task, OpContext, StartError};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::node_agent_server::NodeAgentServer;
-use flotilla_runtime::container::{
-    BindMount, ContainerInfo, ContainerSpec, ContainerState, Resources, Runtime, RuntimeConfig,
-};
+use flotilla_runtime::container::{ContainerInfo, ContainerState, Runtime, RuntimeConfig};
 use flotilla_runtime::image::ImageStore;
-use flotilla_runtime::net::{self, firewall, netns, Netlink};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use flotilla_runtime::net::{self, firewall, Netlink};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -239,7 +239,7 @@ enum Event {
     Done {
         task_id: String,
         container: Container,
-        status: Option<pb::TaskStatus>,
+        status: Option<Box<pb::TaskStatus>>,
     },
     /// A container's process exited.
     Exited {
@@ -402,7 +402,7 @@ impl Executor {
                 if let Some(e) = self.entries.get_mut(&task_id) {
                     e.busy = false;
                     e.container = container;
-                    if let Some(s) = status {
+                    if let Some(s) = status.map(|s| *s) {
                         e.reported = Some(s.state());
                         e.status = s.clone();
                         self.outbox.push(&task_id, s);
@@ -504,7 +504,7 @@ impl Executor {
                             .send(Event::Done {
                                 task_id,
                                 container: Container::Absent,
-                                status: Some(s),
+                                status: Some(Box::new(s)),
                             })
                             .await;
                     });
@@ -539,7 +539,7 @@ impl Executor {
             .collect();
         for n in &networks {
             self.live_networks
-                .insert(n.id.clone(), bridge_name(&n.id, Some(n)));
+                .insert(n.id.clone(), network::bridge_name(&n.id, Some(n)));
         }
         let services = self.services.clone();
         let ctx = self.op_context();
@@ -575,7 +575,7 @@ impl Executor {
                 .send(Event::Done {
                     task_id: task.id.clone(),
                     container,
-                    status: Some(status),
+                    status: Some(Box::new(status)),
                 })
                 .await;
         });
@@ -644,290 +644,7 @@ impl Executor {
         for (id, bridge) in unused {
             self.live_networks.remove(&id);
             let nl = self.netlink.clone();
-            tokio::spawn(async move {
-                let br = bridge.clone();
-                let r = tokio::task::spawn_blocking(move || firewall::remove_network(&br)).await;
-                if let Ok(Err(e)) = r {
-                    tracing::warn!(network = %id, "removing firewall rules: {e}");
-                }
-                if let Err(e) = nl.delete_link(&bridge).await {
-                    tracing::warn!(network = %id, "removing bridge {bridge}: {e}");
-                }
-            });
+            tokio::spawn(async move { network::remove_network(&nl, &id, &bridge).await });
         }
     }
-}
-
-/// The bridge for a network: the manager's choice, else derived from the id
-/// (a network the manager already deleted).
-fn bridge_name(id: &str, net: Option<&pb::Network>) -> String {
-    match net {
-        Some(n) if !n.bridge.is_empty() => n.bridge.clone(),
-        _ => {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            id.hash(&mut h);
-            format!("flt-{:010x}", h.finish() & 0xff_ffff_ffff)
-        }
-    }
-}
-
-#[derive(Clone)]
-struct OpContext {
-    cfg: Arc<AgentConfig>,
-    runtime: Arc<Runtime>,
-    images: Arc<ImageStore>,
-    netlink: Arc<Netlink>,
-}
-
-impl OpContext {
-    fn netns_dir(&self) -> PathBuf {
-        self.cfg.run_dir.join("netns")
-    }
-    fn task_dir(&self, task_id: &str) -> PathBuf {
-        self.cfg.state_dir.join("tasks").join(task_id)
-    }
-}
-
-enum StartError {
-    /// The task can never run here (image missing, bad spec).
-    Rejected(String),
-    /// It tried and failed (the process could not start).
-    Failed(String),
-}
-
-fn short(task_id: &str) -> String {
-    container_id(task_id)[..12].to_string()
-}
-
-async fn start_task(
-    ctx: &OpContext,
-    task: &pb::Task,
-    networks: &[pb::Network],
-    services: &[pb::Service],
-) -> Result<ContainerInfo, StartError> {
-    let spec = task.spec.clone().unwrap_or_default();
-    let image_ref = if spec.image_digest.is_empty() {
-        spec.image.clone()
-    } else {
-        spec.image_digest.clone()
-    };
-
-    // Image.
-    let store = ctx.images.clone();
-    let r = image_ref.clone();
-    let (image, layers) = tokio::task::spawn_blocking(move || {
-        let image = store
-            .resolve(&r)
-            .map_err(|e| StartError::Rejected(format!("resolving image {r}: {e}")))?
-            .ok_or_else(|| {
-                StartError::Rejected(format!(
-                    "image {r} not found on this node (load it with `flotilla image load` or `flotilla image import`)"
-                ))
-            })?;
-        let layers = store
-            .layer_dirs(&image)
-            .map_err(|e| StartError::Rejected(format!("unpacking image {r}: {e}")))?;
-        Ok::<_, StartError>((image, layers))
-    })
-    .await
-    .map_err(|e| StartError::Failed(format!("image worker: {e}")))??;
-
-    let hostname = process::hostname(task);
-    let proc_ = process::resolve(
-        &spec,
-        &crate::images::config_to_proto(&image.config),
-        &hostname,
-    )
-    .map_err(|e| StartError::Rejected(e.to_string()))?;
-
-    // Network endpoint: a netns with one veth per attached network.
-    let netns_name = short(&task.id);
-    let netns_dir = ctx.netns_dir();
-    // A half-made namespace from a crash mid-create is replaced.
-    let (dir2, name2) = (netns_dir.clone(), netns_name.clone());
-    let netns_path = tokio::task::spawn_blocking(move || {
-        let _ = netns::remove(&dir2, &name2);
-        netns::create(&dir2, &name2)
-    })
-    .await
-    .map_err(|e| StartError::Failed(format!("netns worker: {e}")))?
-    .map_err(|e| StartError::Failed(format!("creating network namespace: {e}")))?;
-    let setup = setup_endpoint(ctx, task, networks, &netns_path).await;
-    if let Err(msg) = setup {
-        remove_task(ctx, &task.id).await;
-        return Err(StartError::Failed(msg));
-    }
-
-    // Files the container sees as /etc/hosts, /etc/hostname, /etc/resolv.conf.
-    let dir = ctx.task_dir(&task.id);
-    let files = write_task_files(&dir, task, services, &hostname, &spec)
-        .map_err(|e| StartError::Failed(format!("writing {}: {e}", dir.display())))?;
-
-    let mut labels = BTreeMap::new();
-    labels.insert(LABEL_TASK.to_string(), task.id.clone());
-    labels.insert(LABEL_STACK.to_string(), task.stack.clone());
-    labels.insert(LABEL_SERVICE.to_string(), task.service_name.clone());
-    let limits = spec
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.clone())
-        .unwrap_or_default();
-    let cspec = ContainerSpec {
-        id: container_id(&task.id),
-        hostname,
-        layers,
-        args: proc_.args,
-        env: proc_.env,
-        cwd: proc_.cwd,
-        user: proc_.user,
-        netns: Some(netns_path),
-        mounts: files,
-        labels,
-        resources: Resources {
-            memory_bytes: limits.memory_bytes,
-            nano_cpus: limits.nano_cpus.map(|c| (c * 1e9) as i64),
-            pids_limit: limits.pids,
-        },
-    };
-    let rt = ctx.runtime.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        // A leftover container of the same task (crash mid-create) goes first.
-        let _ = rt.remove(&cspec.id);
-        rt.create(&cspec)
-    })
-    .await
-    .map_err(|e| StartError::Failed(format!("runtime worker: {e}")))?;
-    match created {
-        Ok(info) => Ok(info),
-        Err(e) => {
-            remove_task(ctx, &task.id).await;
-            Err(StartError::Failed(e.to_string()))
-        }
-    }
-}
-
-async fn setup_endpoint(
-    ctx: &OpContext,
-    task: &pb::Task,
-    networks: &[pb::Network],
-    netns_path: &Path,
-) -> Result<(), String> {
-    for (i, att) in task.networks.iter().enumerate() {
-        let Some(net) = networks.iter().find(|n| n.id == att.network_id) else {
-            return Err(format!(
-                "network {} is not known to this node",
-                att.network_id
-            ));
-        };
-        let Some(addr) = att.addresses.first() else {
-            return Err(format!("no address allocated on network {}", net.id));
-        };
-        let bridge = bridge_name(&net.id, Some(net));
-        let prefix = net.subnet.split('/').nth(1).unwrap_or("24");
-        ctx.netlink
-            .ensure_bridge(&bridge, &format!("{}/{prefix}", net.gateway), None)
-            .await
-            .map_err(|e| format!("setting up bridge {bridge} for network {}: {e}", net.id))?;
-        let internal = net.spec.as_ref().is_some_and(|s| s.internal);
-        let (br, subnet) = (bridge.clone(), net.subnet.clone());
-        tokio::task::spawn_blocking(move || {
-            firewall::ensure_base()?;
-            firewall::add_network(&br, &subnet, internal)
-        })
-        .await
-        .map_err(|e| format!("firewall worker: {e}"))?
-        .map_err(|e| format!("firewall rules for network {}: {e}", net.id))?;
-        if i >= MAX_ATTACHMENTS {
-            return Err(format!(
-                "a container can join at most {MAX_ATTACHMENTS} networks"
-            ));
-        }
-        let host_if = host_ifname(&task.id, i);
-        let mac = if att.mac_address.is_empty() {
-            process::strip_prefix_len(addr)
-                .parse()
-                .map(net::mac_for)
-                .unwrap_or_default()
-        } else {
-            att.mac_address.clone()
-        };
-        // Only the first network carries the default route.
-        let gateway = if i == 0 { net.gateway.as_str() } else { "" };
-        ctx.netlink
-            .attach(&bridge, &host_if, netns_path, addr, gateway, &mac)
-            .await
-            .map_err(|e| format!("attaching to network {}: {e}", net.id))?;
-    }
-    Ok(())
-}
-
-fn write_task_files(
-    dir: &Path,
-    task: &pb::Task,
-    services: &[pb::Service],
-    hostname: &str,
-    spec: &pb::ServiceSpec,
-) -> std::io::Result<Vec<BindMount>> {
-    std::fs::create_dir_all(dir)?;
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, process::hosts_file(task, services))?;
-    let hostname_file = dir.join("hostname");
-    std::fs::write(&hostname_file, format!("{hostname}\n"))?;
-    let resolv = dir.join("resolv.conf");
-    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(
-        &resolv,
-        process::resolv_conf(&host_resolv, &spec.dns, &spec.dns_search),
-    )?;
-    Ok(vec![
-        BindMount {
-            source: hosts,
-            target: "/etc/hosts".into(),
-            read_only: false,
-        },
-        BindMount {
-            source: hostname_file,
-            target: "/etc/hostname".into(),
-            read_only: false,
-        },
-        BindMount {
-            source: resolv,
-            target: "/etc/resolv.conf".into(),
-            read_only: false,
-        },
-    ])
-}
-
-async fn remove_task(ctx: &OpContext, task_id: &str) {
-    let rt = ctx.runtime.clone();
-    let cid = container_id(task_id);
-    let tid = task_id.to_string();
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = rt.remove(&cid) {
-            tracing::debug!(task = %tid, "removing container: {e}");
-        }
-    })
-    .await;
-    // Removing one end of a veth removes both; the namespace would take
-    // them along too, but only once nothing holds it.
-    for i in 0..MAX_ATTACHMENTS {
-        let _ = ctx.netlink.delete_link(&host_ifname(task_id, i)).await;
-    }
-    let dir = ctx.netns_dir();
-    let name = short(task_id);
-    let r = tokio::task::spawn_blocking(move || netns::remove(&dir, &name)).await;
-    if let Ok(Err(e)) = r {
-        tracing::warn!(task = %task_id, "removing network namespace: {e}");
-    }
-    let _ = std::fs::remove_dir_all(ctx.task_dir(task_id));
-}
-
-/// How many networks one container may join (host interface names are
-/// derived from the task id and this index).
-const MAX_ATTACHMENTS: usize = 8;
-
-/// The host end of a task's veth on its i-th network (at most 15 bytes).
-fn host_ifname(task_id: &str, i: usize) -> String {
-    format!("vf{}{}", &short(task_id)[..10], i)
 }

@@ -13,9 +13,11 @@
 pub mod controller;
 pub mod executor;
 pub mod images;
+pub mod network;
 pub mod node_service;
 pub mod process;
 pub mod session;
 pub mod signals;
+pub mod tasks;
 
 pub use executor::{Agent, AgentConfig, AgentError, AgentHandle};
