@@ -182,15 +182,31 @@ pub struct LogsArgs {
 pub struct ConfigArgs {
     #[command(flatten)]
     pub file: FileArgs,
-    /// yaml or json.
-    #[arg(long, default_value = "yaml")]
+    /// Output format.
+    #[arg(long, default_value = "yaml", value_parser = ["yaml", "json"])]
     pub format: String,
-    /// Only validate.
+    /// Only validate; print nothing.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Print the service names.
+    /// Print the service names, one per line.
     #[arg(long)]
     pub services: bool,
+    /// Print the volume names, one per line.
+    #[arg(long)]
+    pub volumes: bool,
+    /// Print the profile names, one per line.
+    // Its own id: the global `--profile` is stored as `profiles`.
+    #[arg(id = "list_profiles", long = "profiles")]
+    pub profiles: bool,
+    /// Print the image names, one per line.
+    #[arg(long)]
+    pub images: bool,
+    /// Do not interpolate variables.
+    #[arg(long)]
+    pub no_interpolate: bool,
+    /// Pin image tags to digests (asks the daemon).
+    #[arg(long)]
+    pub resolve_image_digests: bool,
 }
 
 #[derive(Subcommand, Debug)]

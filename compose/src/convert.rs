@@ -443,7 +443,7 @@ impl Cx {
 }
 
 /// Lexically removes `.` and `..` (no file-system access).
-fn clean_path(p: &Path) -> String {
+pub(crate) fn clean_path(p: &Path) -> String {
     let mut out: Vec<std::path::Component> = Vec::new();
     for c in p.components() {
         match c {
@@ -522,7 +522,7 @@ pub fn parse_bytes(s: &str) -> Option<i64> {
 }
 
 /// File modes: YAML plain `0440` is octal, as in Compose (Go's base-0 parse).
-fn parse_mode(n: &Node) -> Option<u32> {
+pub(crate) fn parse_mode(n: &Node) -> Option<u32> {
     let s = n.as_scalar()?;
     let t = s.text.trim();
     if let Some(o) = t.strip_prefix("0o") {
@@ -1219,7 +1219,14 @@ fn depends_on(cx: &mut Cx, v: &Node, p: &str, refs: &Refs) -> Vec<Dependency> {
     let mut out = Vec::new();
     let check = |cx: &mut Cx, name: &str, pos: &Pos, required: bool| -> bool {
         if !refs.services.contains(name) {
-            cx.err(pos, p, format!("unknown service {name:?}"));
+            // Compose only warns about an optional dependency that is not there.
+            if required {
+                cx.err(pos, p, format!("unknown service {name:?}"));
+            } else {
+                cx.warnings.push(format!(
+                    "{p}: optional dependency on unknown service {name:?} ignored"
+                ));
+            }
             return false;
         }
         if !refs.enabled.contains(name) {
@@ -1378,7 +1385,10 @@ fn ports(cx: &mut Cx, it: &Node, p: &str, out: &mut Vec<PortConfig>) {
                 }
             }
             if pc.target == 0 {
-                cx.err(&it.pos, p, "missing target port");
+                // An unreadable target was reported where it is.
+                if it.get("target").is_none() {
+                    cx.err(&it.pos, p, "missing target port");
+                }
                 return;
             }
             match published {
@@ -1943,7 +1953,10 @@ fn deploy(cx: &mut Cx, v: &Node, p: &str, s: &mut ServiceSpec) {
                 if let Some(c) = n.get("max_replicas_per_node") {
                     pl.max_replicas_per_node = cx.uint(c, &path_join(&dp, "max_replicas_per_node"));
                 }
-                s.placement = Some(pl);
+                // `placement: {}` (as `config` prints it) places nothing.
+                if pl != Placement::default() {
+                    s.placement = Some(pl);
+                }
             }
             "update_config" => s.update_config = Some(update_config(cx, n, &dp)),
             "rollback_config" => s.rollback_config = Some(update_config(cx, n, &dp)),

@@ -14,7 +14,8 @@ use crate::{display_path, interpolate_tree, merge, yaml, LoadError};
 
 pub(crate) struct Reader<'a> {
     pub wd: &'a Path,
-    pub env: &'a BTreeMap<String, String>,
+    /// Interpolation variables; an included file sees its own `.env` too.
+    pub env: std::borrow::Cow<'a, BTreeMap<String, String>>,
     pub interpolate: bool,
     pub errors: &'a mut Vec<LoadError>,
     pub warnings: &'a mut Vec<String>,
@@ -102,7 +103,7 @@ impl Reader<'_> {
                 interpolate_tree(
                     &mut doc,
                     &mut String::new(),
-                    self.env,
+                    &self.env,
                     &mut unset,
                     self.errors,
                 );
@@ -147,7 +148,8 @@ impl Reader<'_> {
                         match e.key.as_str() {
                             "path" => {}
                             k if k.starts_with("x-") => {}
-                            "project_directory" | "env_file" => self.errors.push(LoadError::at(
+                            "env_file" => {}
+                            "project_directory" => self.errors.push(LoadError::at(
                                 &e.key_pos,
                                 format!("{p}.{}", e.key),
                                 format!("not supported yet: include.{}", e.key),
@@ -184,6 +186,49 @@ impl Reader<'_> {
                     continue;
                 }
             };
+            // The included project's env files fill in variables the
+            // including side does not set (Compose's order).
+            let first_dir = paths
+                .first()
+                .and_then(|(f, _)| dir.join(f).parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| dir.to_path_buf());
+            let env_files: Vec<(PathBuf, bool)> = match it.get("env_file").map(|x| &x.kind) {
+                Some(Kind::Scalar(s)) => vec![(dir.join(&s.text), true)],
+                Some(Kind::Seq(v)) => v
+                    .iter()
+                    .filter_map(|x| x.as_scalar().map(|s| (dir.join(&s.text), true)))
+                    .collect(),
+                _ => vec![(first_dir.join(".env"), false)],
+            };
+            let mut env = self.env.clone().into_owned();
+            for (f, required) in env_files {
+                let text = match std::fs::read_to_string(&f) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
+                    Err(e) => {
+                        self.errors.push(LoadError::at(
+                            &it.pos,
+                            format!("{p}.env_file"),
+                            format!("reading env file {}: {e}", display_path(&f, self.wd)),
+                        ));
+                        continue;
+                    }
+                };
+                let look = |k: &str| env.get(k).cloned();
+                match crate::dotenv::parse(&text, &look) {
+                    Ok(vars) => {
+                        for (k, v) in vars {
+                            env.entry(k).or_insert(v);
+                        }
+                    }
+                    Err(e) => self.errors.push(LoadError::at(
+                        &it.pos,
+                        format!("{p}.env_file"),
+                        format!("{}:{}: {}", display_path(&f, self.wd), e.line, e.message),
+                    )),
+                }
+            }
+            let saved = std::mem::replace(&mut self.env, std::borrow::Cow::Owned(env));
             let mut included: Option<Node> = None;
             for (file, pos) in paths {
                 let full = dir.join(&file);
@@ -194,6 +239,7 @@ impl Reader<'_> {
                     });
                 }
             }
+            self.env = saved;
             let Some(included) = included else { continue };
             self.add_included(top, included, &it.pos, &p);
         }

@@ -16,6 +16,7 @@ pub mod graph;
 mod include;
 pub mod interp;
 pub mod merge;
+pub mod schema;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -235,7 +236,7 @@ fn load_with(opts: &LoadOptions, mode: convert::Mode) -> Result<Project, LoadErr
     // Parse, interpolate and merge every file (with its includes and extends).
     let mut reader = Reader {
         wd,
-        env: &environment,
+        env: std::borrow::Cow::Borrowed(&environment),
         interpolate: opts.interpolate,
         errors: &mut errors,
         warnings: &mut warnings,
@@ -266,6 +267,9 @@ fn load_with(opts: &LoadOptions, mode: convert::Mode) -> Result<Project, LoadErr
         }
     };
 
+    // The schema first; the converter's own checks add what the schema
+    // cannot see, without repeating a problem at a place already reported.
+    let schema_errors = schema::validate(&model);
     let input = convert::Input {
         mode,
         name,
@@ -277,7 +281,30 @@ fn load_with(opts: &LoadOptions, mode: convert::Mode) -> Result<Project, LoadErr
         errors,
         warnings,
     };
-    convert::convert(model, input)
+    let converted = convert::convert(model, input);
+    if schema_errors.is_empty() {
+        return converted;
+    }
+    let mut all = schema_errors;
+    if let Err(LoadErrors(more)) = converted {
+        for e in more {
+            // Same place, or the schema already said something more precise
+            // inside the value the converter complains about.
+            let seen = all.iter().any(|s| {
+                (s.file == e.file && s.line == e.line && s.column == e.column && s.line > 0)
+                    || (!e.path.is_empty()
+                        && (s.path == e.path
+                            || s.path.starts_with(&format!("{}.", e.path))
+                            || s.path.starts_with(&format!("{}[", e.path))))
+            });
+            if !seen {
+                all.push(e);
+            }
+        }
+    }
+    // In reading order, so the first line is the first problem in the file.
+    all.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    Err(LoadErrors(all))
 }
 
 fn active_profiles(opts: &LoadOptions) -> Vec<String> {
@@ -445,8 +472,11 @@ pub(crate) fn interpolate_tree(
                 match interp::interpolate(&s.text, &look, unset) {
                     Ok(v) => {
                         s.text = v;
-                        // The result is a string; typed fields parse it.
+                        // The result is a string, except where Compose casts it.
                         s.plain = false;
+                        if let Some(c) = schema::cast_for(path) {
+                            schema::apply_cast(c, &mut s.text, &mut s.plain);
+                        }
                     }
                     Err(m) => errors.push(LoadError::at(&n.pos, path.clone(), m)),
                 }

@@ -195,9 +195,9 @@ fn unknown_depends_on_and_keys_are_located() {
     assert_eq!(
         errors_of(d.path()),
         vec![
-            "compose.yaml:10:1: foo: unknown key \"foo\"",
             "compose.yaml:5:9: services.web.depends_on: unknown service \"db2\"",
             "compose.yaml:6:5: services.web.colour: unknown key \"colour\"",
+            "compose.yaml:10:1: foo: unknown key \"foo\"",
         ]
     );
 }
@@ -396,7 +396,7 @@ services:
     user: \"1000:1000\"
     hostname: h
     stop_signal: SIGINT
-    container_name: c
+    container_name: c1
     init: true
     read_only: true
     privileged: false

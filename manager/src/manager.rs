@@ -133,7 +133,11 @@ impl Manager {
         }
         let (stop, stop_rx) = watch::channel(false);
         let (shutdown_req, _) = watch::channel(false);
-        let dispatcher = DispatcherApi::new(store.clone(), cfg.heartbeat_period);
+        let dispatcher = DispatcherApi::new(
+            store.clone(),
+            cfg.heartbeat_period,
+            shutdown_req.subscribe(),
+        );
         let control = ControlApi::new(
             store.clone(),
             pool,
@@ -170,14 +174,18 @@ impl Manager {
         DispatcherServer::new(self.dispatcher.clone())
     }
 
-    /// Resolves once `Control.Shutdown` was called.
+    /// Resolves once `Control.Shutdown` was called. Open Events and
+    /// Assignments streams end at that moment, so a graceful server shutdown
+    /// that follows does not wait for them.
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown_req.subscribe();
         let _ = rx.wait_for(|v| *v).await;
     }
 
-    /// Stops the loops and the Raft node (which releases its files).
+    /// Ends open streams, stops the loops and the Raft node (which releases
+    /// its files).
     pub async fn shutdown(self) {
+        self.shutdown_req.send_replace(true);
         self.stop.send_replace(true);
         for l in self.loops {
             let _ = l.await;

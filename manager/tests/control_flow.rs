@@ -194,6 +194,10 @@ fn service(name: &str, deps: &[(&str, DependencyCondition)]) -> ServiceSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_run_replace_and_remove_a_stack() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ManagerConfig::new(dir.path().join("state"));
     cfg.heartbeat_period = Duration::from_millis(500);
@@ -410,7 +414,19 @@ async fn deploy_run_replace_and_remove_a_stack() {
         .unwrap();
     hb.abort();
     drop(agent);
+    drop(events);
     let _ = stop_tx.send(());
-    let _ = server.await;
+    tokio::time::timeout(STEP, server)
+        .await
+        .expect("the server stops once streams ended")
+        .unwrap()
+        .unwrap();
     manager.shutdown().await;
+    // The state survives: a restarted manager reads it back.
+    let again = Manager::start(ManagerConfig::new(dir.path().join("state")))
+        .await
+        .unwrap();
+    let nodes = again.store().read(|s| s.nodes().count());
+    assert_eq!(nodes, 1);
+    again.shutdown().await;
 }

@@ -10,9 +10,13 @@ use crate::executor::{AgentConfig, LABEL_SERVICE, LABEL_STACK, LABEL_TASK};
 use crate::network;
 use crate::process::{self, container_id};
 use flotilla_proto::v1 as pb;
-use flotilla_runtime::container::{ContainerInfo, ContainerSpec, Resources, Runtime};
+use flotilla_runtime::container::{
+    ContainerInfo, ContainerSpec, Device, LogConfig, Mount, MountKind, Resources, Runtime,
+    SeccompProfile, Security, Ulimit,
+};
 use flotilla_runtime::image::ImageStore;
 use flotilla_runtime::net::Netlink;
+use flotilla_runtime::volume::{self, VolumeStore};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +36,21 @@ impl OpContext {
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.cfg.state_dir.join("tasks").join(task_id)
     }
+    /// The local volume driver's store: `<state_dir>/volumes`.
+    pub fn volumes(&self) -> Result<VolumeStore, String> {
+        VolumeStore::open(&volumes_root(&self.cfg.state_dir)).map_err(|e| e.to_string())
+    }
+}
+
+/// Where an agent with this state dir keeps its volumes; `down -v` and
+/// `volume rm` must use the same root.
+pub fn volumes_root(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("volumes")
+}
+
+/// The node-local name of a stack's volume, as Compose names it.
+pub fn volume_name(stack: &str, name: &str) -> String {
+    format!("{stack}_{name}")
 }
 
 pub enum StartError {
@@ -101,28 +120,22 @@ pub async fn start_task(
     labels.insert(LABEL_TASK.to_string(), task.id.clone());
     labels.insert(LABEL_STACK.to_string(), task.stack.clone());
     labels.insert(LABEL_SERVICE.to_string(), task.service_name.clone());
-    let limits = spec
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.clone())
-        .unwrap_or_default();
-    let cspec = ContainerSpec {
-        id: container_id(&task.id),
-        hostname,
-        layers,
-        args: proc_.args,
-        env: proc_.env,
-        cwd: proc_.cwd,
-        user: proc_.user,
-        netns: Some(netns_path),
-        mounts: files,
-        labels,
-        resources: Resources {
-            memory_bytes: limits.memory_bytes,
-            nano_cpus: limits.nano_cpus.map(|c| (c * 1e9) as i64),
-            pids_limit: limits.pids,
-        },
-    };
+    let mut cspec = container_spec(&spec).map_err(StartError::Rejected)?;
+    cspec.id = container_id(&task.id);
+    cspec.hostname = hostname;
+    cspec.layers = layers;
+    cspec.args = proc_.args;
+    cspec.env = proc_.env;
+    cspec.cwd = proc_.cwd;
+    cspec.user = proc_.user;
+    cspec.netns = Some(netns_path);
+    cspec.mounts = files;
+    cspec.labels = labels;
+    let volumes = ctx.volumes().map_err(StartError::Failed)?;
+    let t = task.clone();
+    cspec.volumes = tokio::task::spawn_blocking(move || resolve_mounts(&volumes, &t, &spec))
+        .await
+        .map_err(|e| StartError::Failed(format!("volume worker: {e}")))??;
     let rt = ctx.runtime.clone();
     let created = tokio::task::spawn_blocking(move || {
         // A leftover container of the same task (crash mid-create) goes first.
@@ -153,4 +166,388 @@ pub async fn remove_task(ctx: &OpContext, task_id: &str) {
     .await;
     network::teardown_task(ctx, task_id).await;
     let _ = std::fs::remove_dir_all(ctx.task_dir(task_id));
+}
+
+/// Everything of the container spec that follows from the service spec
+/// alone (process, network and files are filled in by the caller).
+pub fn container_spec(spec: &pb::ServiceSpec) -> Result<ContainerSpec, String> {
+    let res = spec.resources.clone().unwrap_or_default();
+    let limits = res.limits.clone().unwrap_or_default();
+    let reservations = res.reservations.clone().unwrap_or_default();
+    let resources = Resources {
+        memory_bytes: limits.memory_bytes,
+        nano_cpus: limits.nano_cpus.map(|c| (c * 1e9).round() as i64),
+        pids_limit: limits.pids,
+        memory_reservation: res.mem_reservation.or(reservations.memory_bytes),
+        memory_swap: res.memswap_limit,
+        cpu_shares: res.cpu_shares,
+        cpuset_cpus: Some(res.cpuset.clone()).filter(|c| !c.is_empty()),
+        blkio_weight: res
+            .blkio_weight
+            .map(|w| u16::try_from(w).map_err(|_| format!("blkio weight {w} is out of range")))
+            .transpose()?,
+        oom_score_adj: res.oom_score_adj,
+        ..Default::default()
+    };
+    Ok(ContainerSpec {
+        domainname: spec.domainname.clone(),
+        group_add: spec.group_add.clone(),
+        resources,
+        security: security(spec)?,
+        read_only: spec.read_only,
+        ulimits: spec
+            .ulimits
+            .iter()
+            .map(|u| {
+                let n = |v: i64| {
+                    u64::try_from(v).map_err(|_| format!("ulimit {}: negative value {v}", u.name))
+                };
+                Ok(Ulimit {
+                    name: u.name.clone(),
+                    soft: n(u.soft)?,
+                    hard: n(u.hard)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        sysctls: spec.sysctls.clone().into_iter().collect(),
+        init: spec.init,
+        shm_size: res
+            .shm_size
+            .map(|s| u64::try_from(s).map_err(|_| format!("shm_size {s} is negative")))
+            .transpose()?,
+        devices: spec
+            .devices
+            .iter()
+            .map(|d| device(d))
+            .collect::<Result<_, _>>()?,
+        log: log_config(spec.logging.as_ref())?,
+        ..Default::default()
+    })
+}
+
+/// `privileged`, `cap_add`, `cap_drop` and `security_opt` (seccomp and
+/// no-new-privileges; apparmor and label options have nothing to act on here).
+fn security(spec: &pb::ServiceSpec) -> Result<Security, String> {
+    let mut sec = Security {
+        privileged: spec.privileged,
+        cap_add: spec.cap_add.clone(),
+        cap_drop: spec.cap_drop.clone(),
+        ..Default::default()
+    };
+    for opt in &spec.security_opt {
+        // Docker accepts both `key=value` and the older `key:value`.
+        let (key, value) = match opt.split_once(['=', ':']) {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("no-new-privileges", None) => sec.no_new_privileges = true,
+            ("no-new-privileges", Some(v)) => {
+                sec.no_new_privileges = v
+                    .parse()
+                    .map_err(|_| format!("invalid security_opt {opt:?}: expected true or false"))?
+            }
+            ("seccomp", Some("unconfined")) => sec.seccomp = SeccompProfile::Unconfined,
+            ("seccomp", Some("builtin")) => sec.seccomp = SeccompProfile::Default,
+            ("seccomp", Some(v)) if v.trim_start().starts_with('{') => {
+                sec.seccomp = SeccompProfile::Custom(v.to_string())
+            }
+            ("seccomp", Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading seccomp profile {path}: {e}"))?;
+                sec.seccomp = SeccompProfile::Custom(text);
+            }
+            ("apparmor" | "label" | "systempaths", _) => {
+                tracing::debug!(option = %opt, "security_opt has no effect on this host");
+            }
+            _ => return Err(format!("unsupported security_opt {opt:?}")),
+        }
+    }
+    Ok(sec)
+}
+
+/// `devices:` entries: `HOST[:CONTAINER[:PERMISSIONS]]`.
+fn device(s: &str) -> Result<Device, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, container, perms) = match parts.as_slice() {
+        [h] => (*h, "", "rwm"),
+        [h, p] if !p.starts_with('/') => (*h, "", *p),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, p] => (*h, *c, *p),
+        _ => return Err(format!("invalid device {s:?}")),
+    };
+    if !host.starts_with('/') {
+        return Err(format!(
+            "invalid device {s:?}: the host path must be absolute"
+        ));
+    }
+    Ok(Device {
+        host_path: PathBuf::from(host),
+        container_path: container.to_string(),
+        permissions: perms.to_string(),
+    })
+}
+
+/// Docker's size strings: "10m", "1.5g", "100k", "512" (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}"))?;
+    if v < 0.0 {
+        return Err(format!("invalid size {s:?}"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// The json-file driver's rotation options; other drivers are refused
+/// rather than silently logging somewhere else.
+fn log_config(logging: Option<&pb::LoggingConfig>) -> Result<LogConfig, String> {
+    let Some(l) = logging else {
+        return Ok(LogConfig::default());
+    };
+    if !matches!(l.driver.as_str(), "" | "json-file" | "local") {
+        return Err(format!(
+            "logging driver {:?} is not supported (json-file only)",
+            l.driver
+        ));
+    }
+    let max_size = l
+        .options
+        .get("max-size")
+        .map(|v| parse_size(v))
+        .transpose()?;
+    let max_file = l
+        .options
+        .get("max-file")
+        .map(|v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("invalid logging max-file {v:?}"))
+        })
+        .transpose()?;
+    Ok(LogConfig { max_size, max_file })
+}
+
+/// The service's `volumes:`/`tmpfs:` as runtime mounts: named volumes
+/// (`<stack>_<name>`, created on first use) and anonymous ones (one per
+/// slot and target, kept across restarts) get their directories here.
+pub fn resolve_mounts(
+    store: &VolumeStore,
+    task: &pb::Task,
+    spec: &pb::ServiceSpec,
+) -> Result<Vec<Mount>, StartError> {
+    let mut out = Vec::new();
+    for m in &spec.mounts {
+        if !m.subpath.is_empty() {
+            return Err(StartError::Rejected(format!(
+                "mount {}: volume subpath is not supported",
+                m.target
+            )));
+        }
+        let kind = match pb::MountType::try_from(m.r#type).unwrap_or(pb::MountType::Bind) {
+            pb::MountType::Bind => MountKind::Bind {
+                source: PathBuf::from(&m.source),
+                propagation: m.propagation.clone(),
+                create_host_path: m.create_host_path,
+            },
+            pb::MountType::Tmpfs => MountKind::Tmpfs {
+                size: m.tmpfs_size,
+                mode: m.tmpfs_mode,
+            },
+            pb::MountType::Volume => {
+                let mut labels = BTreeMap::new();
+                labels.insert(LABEL_STACK.to_string(), task.stack.clone());
+                let vol = if m.source.is_empty() {
+                    let name = volume::anonymous_name(&format!(
+                        "{}/{}/{}/{}",
+                        task.stack, task.service_name, task.slot, m.target
+                    ));
+                    labels.insert("com.docker.volume.anonymous".into(), String::new());
+                    store.ensure(&name, &labels)
+                } else {
+                    labels.insert("com.docker.compose.volume".into(), m.source.clone());
+                    store.ensure(&volume_name(&task.stack, &m.source), &labels)
+                }
+                .map_err(|e| StartError::Failed(e.to_string()))?;
+                MountKind::Volume {
+                    source: vol.path,
+                    copy_up: !m.nocopy,
+                }
+            }
+        };
+        out.push(Mount {
+            kind,
+            target: m.target.clone(),
+            read_only: m.read_only,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_spec_maps_to_container_spec() {
+        let mut spec = pb::ServiceSpec {
+            domainname: "example.org".into(),
+            read_only: true,
+            init: true,
+            privileged: false,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["MKNOD".into()],
+            security_opt: vec!["no-new-privileges:true".into(), "seccomp=unconfined".into()],
+            group_add: vec!["wheel".into()],
+            devices: vec!["/dev/null:/dev/x:rw".into(), "/dev/zero".into()],
+            ulimits: vec![pb::Ulimit {
+                name: "nofile".into(),
+                soft: 10,
+                hard: 20,
+            }],
+            logging: Some(pb::LoggingConfig {
+                driver: "json-file".into(),
+                options: [
+                    ("max-size".to_string(), "1k".to_string()),
+                    ("max-file".to_string(), "3".to_string()),
+                ]
+                .into(),
+            }),
+            resources: Some(pb::Resources {
+                limits: Some(pb::ResourceSet {
+                    nano_cpus: Some(0.5),
+                    memory_bytes: Some(1 << 20),
+                    pids: Some(20),
+                    ..Default::default()
+                }),
+                cpu_shares: Some(512),
+                cpuset: "0".into(),
+                shm_size: Some(1 << 20),
+                mem_reservation: Some(1 << 19),
+                blkio_weight: Some(300),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = container_spec(&spec).unwrap();
+        assert_eq!(c.domainname, "example.org");
+        assert!(c.read_only && c.init);
+        assert!(c.security.no_new_privileges);
+        assert_eq!(c.security.seccomp, SeccompProfile::Unconfined);
+        assert_eq!(c.security.cap_add, ["NET_ADMIN"]);
+        assert_eq!(c.resources.nano_cpus, Some(500_000_000));
+        assert_eq!(c.resources.pids_limit, Some(20));
+        assert_eq!(c.resources.memory_reservation, Some(1 << 19));
+        assert_eq!(c.resources.cpuset_cpus.as_deref(), Some("0"));
+        assert_eq!(c.resources.blkio_weight, Some(300));
+        assert_eq!(c.shm_size, Some(1 << 20));
+        assert_eq!(c.devices[0].container_path, "/dev/x");
+        assert_eq!(c.devices[0].permissions, "rw");
+        assert_eq!(c.devices[1].permissions, "rwm");
+        assert_eq!(c.ulimits[0].hard, 20);
+        assert_eq!(c.log.max_size, Some(1024));
+        assert_eq!(c.log.max_file, Some(3));
+
+        spec.security_opt = vec!["bogus=1".into()];
+        assert!(container_spec(&spec).unwrap_err().contains("bogus"));
+        spec.security_opt = vec![];
+        spec.logging = Some(pb::LoggingConfig {
+            driver: "syslog".into(),
+            ..Default::default()
+        });
+        assert!(container_spec(&spec).unwrap_err().contains("syslog"));
+    }
+
+    #[test]
+    fn sizes_parse_like_docker() {
+        assert_eq!(parse_size("10m").unwrap(), 10 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("2GB").unwrap(), 2 << 30);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn mounts_resolve_to_scoped_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::open(dir.path()).unwrap();
+        let task = pb::Task {
+            stack: "shop".into(),
+            service_name: "db".into(),
+            slot: 1,
+            ..Default::default()
+        };
+        let spec = pb::ServiceSpec {
+            mounts: vec![
+                pb::Mount {
+                    r#type: pb::MountType::Volume as i32,
+                    source: "data".into(),
+                    target: "/var/lib/db".into(),
+                    ..Default::default()
+                },
+                pb::Mount {
+                    r#type: pb::MountType::Volume as i32,
+                    target: "/cache".into(),
+                    nocopy: true,
+                    ..Default::default()
+                },
+                pb::Mount {
+                    r#type: pb::MountType::Tmpfs as i32,
+                    target: "/run".into(),
+                    tmpfs_size: Some(4096),
+                    ..Default::default()
+                },
+                pb::Mount {
+                    r#type: pb::MountType::Bind as i32,
+                    source: "/srv".into(),
+                    target: "/srv".into(),
+                    read_only: true,
+                    propagation: "rslave".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let Ok(mounts) = resolve_mounts(&store, &task, &spec) else {
+            panic!("resolving mounts failed");
+        };
+        assert_eq!(mounts.len(), 4);
+        let named = store.get("shop_data").unwrap().unwrap();
+        assert_eq!(
+            mounts[0].kind,
+            MountKind::Volume {
+                source: named.path.clone(),
+                copy_up: true
+            }
+        );
+        assert!(matches!(
+            &mounts[1].kind,
+            MountKind::Volume { copy_up: false, .. }
+        ));
+        assert!(matches!(
+            mounts[2].kind,
+            MountKind::Tmpfs {
+                size: Some(4096),
+                ..
+            }
+        ));
+        assert!(mounts[3].read_only);
+        // The same slot finds its anonymous volume again.
+        let Ok(again) = resolve_mounts(&store, &task, &spec) else {
+            panic!("resolving mounts again failed");
+        };
+        assert_eq!(again[1], mounts[1]);
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
 }

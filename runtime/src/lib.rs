@@ -15,3 +15,4 @@ pub mod image;
 pub mod logs;
 pub mod net;
 pub mod shim;
+pub mod volume;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flotilla_runtime::container::{
-    is_mounted, ContainerError, ContainerInfo, ContainerSpec, ContainerState, Resources, Runtime,
-    RuntimeConfig,
+    is_mounted, ContainerError, ContainerInfo, ContainerSpec, ContainerState, Device, Mount,
+    MountKind, Resources, Runtime, RuntimeConfig, SeccompProfile, Security, Ulimit,
 };
 use flotilla_runtime::logs::{self, LogStream};
 
@@ -36,8 +36,30 @@ fn busybox_layer(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(root.join("tmp")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "sleep", "cat", "hostname", "id", "ps", "ls", "true", "grep", "wc", "test",
-        "head", "tail",
+        "sh",
+        "echo",
+        "sleep",
+        "cat",
+        "hostname",
+        "id",
+        "ps",
+        "ls",
+        "true",
+        "grep",
+        "wc",
+        "test",
+        "head",
+        "tail",
+        "mkdir",
+        "touch",
+        "stat",
+        "kill",
+        "dnsdomainname",
+        "ulimit",
+        "sysctl",
+        "find",
+        "df",
+        "mount",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -325,6 +347,7 @@ fn remove_leaves_no_mount_cgroup_or_process() {
         memory_bytes: Some(64 << 20),
         nano_cpus: Some(500_000_000),
         pids_limit: Some(64),
+        ..Default::default()
     };
     let info = env.rt.create(&spec).unwrap();
     let pid = info.pid.unwrap();
@@ -593,4 +616,286 @@ fn joins_given_netns_and_bind_mounts_files() {
     assert_eq!(out, vec!["10.0.0.7 db\n", "read-only\n"]);
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "10.0.0.7 db\n");
     env.rt.remove(&spec.id).unwrap();
+}
+
+/// Runs `script` with `sh -c` in a container made from `spec` and returns
+/// its stdout lines (asserting exit 0, with stderr in the message).
+fn run_script(env: &TestEnv, mut spec: ContainerSpec, script: &str) -> Vec<String> {
+    spec.args = vec!["sh".into(), "-c".into(), script.into()];
+    let (info, entries) = run_to_exit(env, &spec);
+    let out = lines(&entries, LogStream::Stdout);
+    assert_eq!(
+        info.exit_code,
+        Some(0),
+        "stdout {out:?} stderr {:?}",
+        lines(&entries, LogStream::Stderr)
+    );
+    out
+}
+
+fn status_field(out: &[String], key: &str) -> String {
+    out.iter()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{key} missing in {out:?}"))
+}
+
+/// Reads only: a privileged container sees the host's real /proc files.
+const STATUS: &str = "cat /proc/self/status; echo interrupts=$(wc -c < /proc/interrupts); \
+                      echo proc-sys-ro=$(grep ' /proc/sys ' /proc/self/mountinfo | grep -c ' ro,')";
+
+#[test]
+fn default_security_is_dockers() {
+    let env = TestEnv::new("secdef");
+    let out = run_script(
+        &env,
+        env.spec("def", &[]),
+        &format!(
+            "{STATUS}; echo keys=$(wc -c < /proc/keys); echo timers=$(wc -c < /proc/timer_list)"
+        ),
+    );
+    assert_eq!(status_field(&out, "CapEff"), "00000000a80425fb");
+    assert_eq!(status_field(&out, "CapBnd"), "00000000a80425fb");
+    // Filter mode: Docker's default profile is loaded.
+    assert_eq!(status_field(&out, "Seccomp"), "2");
+    assert_eq!(status_field(&out, "NoNewPrivs"), "0");
+    assert!(out.contains(&"interrupts=0\n".to_string()), "{out:?}");
+    assert!(out.contains(&"timers=0\n".to_string()), "{out:?}");
+    assert!(out.contains(&"keys=0\n".to_string()), "{out:?}");
+    assert!(out.contains(&"proc-sys-ro=1\n".to_string()), "{out:?}");
+
+    // The profile really filters: without CAP_SYS_ADMIN, `unshare`/`mount`
+    // are refused; and a non-root user runs as that uid with no caps.
+    let mut spec = env.spec("user", &[]);
+    spec.user = "1000:1000".into();
+    let out = run_script(&env, spec, "cat /proc/self/status");
+    assert_eq!(status_field(&out, "Uid"), "1000\t1000\t1000\t1000");
+    assert_eq!(status_field(&out, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(&out, "Seccomp"), "2");
+}
+
+#[test]
+fn capabilities_seccomp_and_no_new_privileges_options() {
+    let env = TestEnv::new("secopt");
+    let mut spec = env.spec("caps", &[]);
+    spec.security = Security {
+        cap_add: vec!["NET_ADMIN".into()],
+        cap_drop: vec!["CAP_NET_RAW".into()],
+        no_new_privileges: true,
+        ..Default::default()
+    };
+    let out = run_script(&env, spec, STATUS);
+    let eff = u64::from_str_radix(&status_field(&out, "CapEff"), 16).unwrap();
+    const NET_ADMIN: u64 = 1 << 12;
+    const NET_RAW: u64 = 1 << 13;
+    assert_eq!(eff, (0xa80425fb | NET_ADMIN) & !NET_RAW);
+    assert_eq!(status_field(&out, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&out, "Seccomp"), "2");
+
+    let mut spec = env.spec("unconfined", &[]);
+    spec.security.seccomp = SeccompProfile::Unconfined;
+    let out = run_script(&env, spec, STATUS);
+    assert_eq!(status_field(&out, "Seccomp"), "0");
+    assert_eq!(status_field(&out, "CapEff"), "00000000a80425fb");
+
+    // A custom profile in Docker's format: everything allowed but mkdir.
+    let mut spec = env.spec("custom", &[]);
+    spec.security.seccomp = SeccompProfile::Custom(
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+            {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#
+            .into(),
+    );
+    let out = run_script(
+        &env,
+        spec,
+        "grep Seccomp: /proc/self/status; mkdir /tmp/x 2>/dev/null && echo made || echo refused; \
+         touch /tmp/y && echo touched",
+    );
+    assert_eq!(out, ["Seccomp:\t2\n", "refused\n", "touched\n"]);
+}
+
+#[test]
+fn privileged_gets_everything() {
+    let env = TestEnv::new("priv");
+    let mut spec = env.spec("priv", &[]);
+    spec.security.privileged = true;
+    let out = run_script(
+        &env,
+        spec,
+        &format!("{STATUS}; test -c /dev/kmsg && echo kmsg; grep ' /sys ' /proc/self/mountinfo | grep -c ' rw,'"),
+    );
+    // Every capability this host offers (the test's own bounding set).
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ours: Vec<String> = ours.lines().map(|l| format!("{l}\n")).collect();
+    assert_eq!(status_field(&out, "CapEff"), status_field(&ours, "CapBnd"));
+    assert_eq!(status_field(&out, "Seccomp"), "0");
+    assert!(
+        !out.contains(&"interrupts=0\n".to_string()),
+        "not masked: {out:?}"
+    );
+    assert!(
+        out.contains(&"proc-sys-ro=0\n".to_string()),
+        "not read-only: {out:?}"
+    );
+    assert!(out.contains(&"kmsg\n".to_string()), "host devices: {out:?}");
+    assert_eq!(out.last().unwrap(), "1\n", "/sys is writable");
+}
+
+#[test]
+fn process_settings_from_the_spec() {
+    let env = TestEnv::new("settings");
+    let hostfile = env.tmp.path().join("bindsrc");
+    let mut spec = env.spec("set", &[]);
+    spec.hostname = "web".into();
+    spec.domainname = "example.org".into();
+    spec.cwd = "/work/dir".into();
+    spec.user = "app".into();
+    spec.group_add = vec!["root".into(), "4242".into()];
+    spec.ulimits = vec![Ulimit {
+        name: "nofile".into(),
+        soft: 123,
+        hard: 456,
+    }];
+    spec.sysctls = BTreeMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+    spec.shm_size = Some(8 << 20);
+    spec.devices = vec![Device {
+        host_path: "/dev/null".into(),
+        container_path: "/dev/mynull".into(),
+        permissions: "rw".into(),
+    }];
+    spec.read_only = true;
+    spec.volumes = vec![
+        Mount {
+            kind: MountKind::Tmpfs {
+                size: Some(2 << 20),
+                mode: Some(0o1770),
+            },
+            target: "/scratch".into(),
+            read_only: false,
+        },
+        Mount {
+            kind: MountKind::Bind {
+                source: hostfile.clone(),
+                propagation: String::new(),
+                create_host_path: true,
+            },
+            target: "/data".into(),
+            read_only: false,
+        },
+    ];
+    let out = run_script(
+        &env,
+        spec,
+        "pwd; hostname; cat /proc/sys/kernel/domainname; id -G; ulimit -n; ulimit -Hn; \
+         cat /proc/sys/net/ipv4/ip_forward; \
+         grep ' /dev/shm ' /proc/self/mountinfo | grep -o 'size=[0-9]*k'; \
+         echo x > /dev/mynull && echo devok; \
+         touch /rootfile 2>/dev/null && echo rw-root || echo ro-root; \
+         touch /scratch/f && echo scratch-ok; stat -c %a /scratch; \
+         grep ' /scratch ' /proc/self/mountinfo | grep -o 'size=[0-9]*k'; \
+         grep ' /data ' /proc/self/mountinfo | grep -c ' rw,'",
+    );
+    let expect_start = [
+        "/work/dir\n",
+        "web\n",
+        "example.org\n",
+        "1000 0 4242\n",
+        "123\n",
+        "456\n",
+        "1\n",
+    ];
+    assert_eq!(&out[..7], &expect_start, "{out:?}");
+    let rest: Vec<&str> = out[7..].iter().map(|s| s.trim()).collect();
+    assert_eq!(rest[0], "size=8192k", "{out:?}");
+    assert!(rest.contains(&"devok"), "{out:?}");
+    assert!(rest.contains(&"ro-root"), "{out:?}");
+    assert!(rest.contains(&"scratch-ok"), "{out:?}");
+    assert!(rest.contains(&"1770"), "{out:?}");
+    assert!(rest.contains(&"size=2048k"), "{out:?}");
+    assert_eq!(rest.last(), Some(&"1"), "/data is a rw mount: {out:?}");
+    // create_host_path made the bind source.
+    assert!(hostfile.is_dir());
+}
+
+#[test]
+fn init_reaps_zombies_and_forwards_signals() {
+    let env = TestEnv::new("init");
+    // Orphans whose parent exits are reparented to pid 1; without an init
+    // that reaps them they stay zombies.
+    let script = "for i in 1 2 3; do sh -c 'sleep 0.1 & exit 0'; done; sleep 0.5; \
+                  ps -o pid,stat,comm; echo ready; trap 'echo got-term; exit 7' TERM; \
+                  while true; do sleep 0.1; done";
+    let mut spec = env.spec("init", &["sh", "-c", script]);
+    spec.init = true;
+    // The init is mounted even where the image has no /sbin, read-only root too.
+    spec.read_only = true;
+    let info = env.rt.create(&spec).unwrap();
+    assert!(info.pid.is_some());
+    let log = env.rt.log_path(&spec.id);
+    eventually("the container is ready", || {
+        logs::read(&log, None, None, None)
+            .unwrap()
+            .iter()
+            .any(|e| e.line == b"ready\n")
+    });
+    let out = lines(
+        &logs::read(&log, None, None, None).unwrap(),
+        LogStream::Stdout,
+    );
+    // pid 1 is the init, the shell is its child, no zombie is left.
+    assert!(
+        out.iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "S", "flotilla-init"]),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|l| l.split_whitespace().nth(1) == Some("Z")),
+        "{out:?}"
+    );
+    // SIGTERM to the container reaches the shell through the init.
+    let info = env
+        .rt
+        .stop(&spec.id, libc::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(info.exit_code, Some(7));
+    let out = lines(
+        &logs::read(&log, None, None, None).unwrap(),
+        LogStream::Stdout,
+    );
+    assert!(out.contains(&"got-term\n".to_string()), "{out:?}");
+}
+
+#[test]
+fn logs_rotate_by_size() {
+    let env = TestEnv::new("rotate");
+    let mut spec = env.spec(
+        "chatty",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done",
+        ],
+    );
+    spec.log.max_size = Some(2000);
+    spec.log.max_file = Some(3);
+    let (info, entries) = run_to_exit(&env, &spec);
+    assert_eq!(info.exit_code, Some(0));
+    let log = env.rt.log_path(&spec.id);
+    assert!(std::fs::metadata(&log).unwrap().len() <= 2000);
+    let r1 = logs::rotated_path(&log, 1);
+    let r2 = logs::rotated_path(&log, 2);
+    assert!(r1.exists() && r2.exists());
+    assert!(!logs::rotated_path(&log, 3).exists());
+    // What is left is the newest lines, in order, ending with the last one.
+    let out = lines(&entries, LogStream::Stdout);
+    assert_eq!(out.last().unwrap(), "line-199\n");
+    let first: usize = out[0]
+        .trim()
+        .strip_prefix("line-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expect: Vec<String> = (first..200).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(out, expect);
+    assert!(first > 0, "older lines were rotated away");
 }

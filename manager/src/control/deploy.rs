@@ -65,7 +65,7 @@ pub enum DeployError {
     Ipam {
         stack: String,
         #[source]
-        source: IpamError,
+        source: Box<IpamError>,
     },
 }
 
@@ -239,7 +239,7 @@ pub fn plan_deploy(
     let stack_id = spec.name.clone();
     let ipam_err = |source| DeployError::Ipam {
         stack: stack_id.clone(),
-        source,
+        source: Box::new(source),
     };
     let old_stack = view.get_stack(&stack_id);
     if old_stack.is_some_and(stack_removing) {

@@ -190,8 +190,7 @@ pub async fn load_image(
     }
     let pump = async move {
         let mut chunk = Some(first);
-        loop {
-            let Some(c) = chunk.take() else { break };
+        while let Some(c) = chunk.take() {
             for tx in &senders {
                 // A node that failed reports through its call; keep feeding the rest.
                 let _ = tx.send(c.clone()).await;

@@ -278,6 +278,7 @@ impl ControlApi {
     fn events_stream(&self, req: EventsRequest) -> ReceiverStream<Result<Event, Status>> {
         let store = self.inner.store.clone();
         let mut rx = store.subscribe();
+        let mut closing = self.inner.shutdown.subscribe();
         let (tx, out) = mpsc::channel(256);
         let wanted = move |stack: &str, service: &str| {
             (req.stack.is_empty() || req.stack == stack) && matches_services(&req.services, service)
@@ -331,6 +332,7 @@ impl ControlApi {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     _ = tx.closed() => return,
+                    _ = closed(&mut closing) => return,
                 }
             }
         });
@@ -594,4 +596,10 @@ impl Control for ControlApi {
         let targets = forward::targets(&self.inner.store, &req.node_id)?;
         forward::remove_image(targets, req).await.map(Response::new)
     }
+}
+
+/// Resolves once the flag turns true (or its sender is gone).
+async fn closed(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = rx.wait_for(|c| *c).await.is_ok();
 }

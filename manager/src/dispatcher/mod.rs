@@ -53,6 +53,9 @@ struct Inner {
     heartbeat: Duration,
     sessions: Mutex<HashMap<String, Session>>,
     started: Instant,
+    /// Turns true when the manager is shutting down: open streams end so a
+    /// graceful server shutdown can finish.
+    closing: watch::Receiver<bool>,
 }
 
 /// The `Dispatcher` gRPC service. Cheap to clone.
@@ -86,13 +89,15 @@ fn put(object: store_action::Object, expected_version: u64) -> StoreAction {
 }
 
 impl DispatcherApi {
-    pub fn new(store: StoreHandle, heartbeat: Duration) -> Self {
+    /// `closing` turning true ends every open assignment stream.
+    pub fn new(store: StoreHandle, heartbeat: Duration, closing: watch::Receiver<bool>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 heartbeat,
                 sessions: Mutex::new(HashMap::new()),
                 started: Instant::now(),
+                closing,
             }),
         }
     }
@@ -371,6 +376,7 @@ impl DispatcherApi {
         let this = self.clone();
         let store = self.inner.store.clone();
         let mut events = store.subscribe();
+        let mut closing = self.inner.closing.clone();
         let span = tracing::debug_span!("assignments", node = %req.node_id);
         tokio::spawn(async move {
             let node_id = req.node_id;
@@ -406,6 +412,7 @@ impl DispatcherApi {
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
                         _ = tx.closed() => return,
+                        _ = closed(&mut closing) => return,
                         // Notices a replaced session even when nothing changes.
                         _ = tokio::time::sleep(this.inner.heartbeat) => {
                             if !this.session_current(&node_id, &req.session_id) {
@@ -454,4 +461,10 @@ impl DispatcherApi {
         }
         Err(propose_status(last.unwrap_or(ProposeError::Stopped)))
     }
+}
+
+/// Resolves once the flag turns true (or its sender is gone).
+async fn closed(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = rx.wait_for(|c| *c).await.is_ok();
 }

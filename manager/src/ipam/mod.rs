@@ -178,7 +178,7 @@ pub fn service_attachments(
         })
         .collect();
     // Compose connects higher priorities first; the first is the main one.
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|a| std::cmp::Reverse(a.0));
     out.into_iter().map(|(_, a)| a).collect()
 }
 

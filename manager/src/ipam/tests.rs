@@ -26,7 +26,13 @@ fn node_with_host_nets(id: &str, nets: &[&str]) -> Node {
 fn subnet_allocation_table() {
     let pool = parse_pool(DEFAULT_POOL).unwrap();
     // (existing networks, host networks, spec subnet, expected subnet or error)
-    let cases: Vec<(Vec<&str>, Vec<&str>, Option<&str>, Result<&str, &str>)> = vec![
+    type Case<'a> = (
+        Vec<&'a str>,
+        Vec<&'a str>,
+        Option<&'a str>,
+        Result<&'a str, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (vec![], vec![], None, Ok("10.89.0.0/24")),
         (vec!["10.89.0.0/24"], vec![], None, Ok("10.89.1.0/24")),
         // A host route over the first two /24s pushes the allocation past it.

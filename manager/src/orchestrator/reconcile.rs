@@ -458,7 +458,7 @@ fn should_restart(spec: &ServiceSpec, t: &Task, node_gone: bool) -> bool {
     if spec.mode() == ServiceMode::Job && succeeded {
         return false;
     }
-    let policy = spec.restart_policy.clone().unwrap_or_default();
+    let policy = spec.restart_policy.unwrap_or_default();
     let wanted = match policy.condition() {
         RestartCondition::None => false,
         RestartCondition::OnFailure => !succeeded,
@@ -563,7 +563,7 @@ fn reconcile_slot<V: StoreView>(
                 }
                 return;
             }
-            let policy = spec.restart_policy.clone().unwrap_or_default();
+            let policy = spec.restart_policy.unwrap_or_default();
             let base = c
                 .status
                 .as_ref()

@@ -37,12 +37,7 @@ pub async fn run(store: StoreHandle, tick: Duration, mut stop: watch::Receiver<b
             _ = stop.changed() => return,
         }
         tokio::time::sleep(COALESCE).await;
-        loop {
-            match events.try_recv() {
-                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-                Err(_) => break,
-            }
-        }
+        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
     }
 }
 

@@ -19,7 +19,10 @@
 //! acts on ids under its own state dir), or hold a container's life in the
 //! calling process (the shim owns it, so the caller may die at any time).
 
+mod devices;
+mod init;
 mod rootfs;
+mod seccomp;
 mod spec;
 mod user;
 
@@ -76,19 +79,132 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// Resource limits, in Docker's units. Applied through the container's
+/// cgroups: the same [`oci_spec`] resources drive cgroup v1 and v2 (the
+/// kernel-specific file writes are libcgroups').
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Resources {
+    /// Hard memory limit (`mem_limit`, `deploy.resources.limits.memory`).
     pub memory_bytes: Option<i64>,
     /// CPU limit in units of 1e-9 CPUs (Docker's `NanoCPUs`).
     pub nano_cpus: Option<i64>,
     pub pids_limit: Option<i64>,
+    /// Soft limit (`mem_reservation`): v1 `memory.soft_limit_in_bytes`, v2 `memory.low`.
+    pub memory_reservation: Option<i64>,
+    /// Memory + swap (`memswap_limit`); -1 is unlimited.
+    pub memory_swap: Option<i64>,
+    /// Relative CPU weight (`cpu_shares`, Docker's default 1024).
+    pub cpu_shares: Option<u64>,
+    /// CFS period and quota in microseconds (`cpu_period`, `cpu_quota`),
+    /// when given directly rather than through `nano_cpus`.
+    pub cpu_period: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    /// `cpuset` (e.g. "0-1,3") and `cpuset.mems`.
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// 10..=1000 (`blkio_config.weight`), where the kernel offers it.
+    pub blkio_weight: Option<u16>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Which seccomp filter the container's processes run under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompProfile {
+    /// Docker's default profile.
+    #[default]
+    Default,
+    /// `security_opt: seccomp=unconfined`: no filter.
+    Unconfined,
+    /// A profile in Docker's JSON format (the content, not a path).
+    Custom(String),
+}
+
+/// Privilege settings; the default is Docker's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Security {
+    /// All capabilities, every host device, no seccomp, no masked or
+    /// read-only paths, writable /sys: Docker's `--privileged`.
+    pub privileged: bool,
+    /// "NET_ADMIN" or "CAP_NET_ADMIN"; "ALL" for every capability.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `security_opt: no-new-privileges`.
+    pub no_new_privileges: bool,
+    pub seccomp: SeccompProfile,
+}
+
+/// One `ulimits:` entry: `name` as Docker spells it ("nofile", "nproc", ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// A host device made available inside the container (`devices:`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// A device node, or a directory of them (taken recursively).
+    pub host_path: PathBuf,
+    /// "" means the same path as on the host.
+    pub container_path: String,
+    /// Any of "rwm"; "" means "rwm".
+    pub permissions: String,
+}
+
+/// A mount beyond the rootfs: Compose's `volumes:` and `tmpfs:` entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountKind {
+    /// A host path.
+    Bind {
+        source: PathBuf,
+        /// "rprivate" (default), "private", "rshared", "shared", "rslave", "slave".
+        propagation: String,
+        /// Create a missing source as a directory (Compose's short syntax
+        /// does); otherwise a missing source is an error.
+        create_host_path: bool,
+    },
+    /// A volume's data directory (see [`crate::volume`]). When `copy_up`
+    /// is set and the directory is empty, the image's content at `target`
+    /// is copied into it first, as Docker does on a volume's first use.
+    Volume { source: PathBuf, copy_up: bool },
+    /// A fresh tmpfs; `size` in bytes, `mode` as in chmod (default 1777).
+    Tmpfs {
+        size: Option<u64>,
+        mode: Option<u32>,
+    },
+}
+
+/// Log file rotation (`logging.options.max-size` / `max-file` of the
+/// json-file driver).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// Rotate when the current file would grow past this; None: never.
+    pub max_size: Option<u64>,
+    /// Files kept including the current one (Docker's default 1).
+    pub max_file: Option<u32>,
 }
 
 /// Everything needed to run one container, fully resolved by the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ContainerSpec {
     pub id: String,
     pub hostname: String,
+    pub domainname: String,
     /// Read-only layer directories, bottom-most first.
     pub layers: Vec<PathBuf>,
     /// Resolved argv (entrypoint + command).
@@ -98,12 +214,29 @@ pub struct ContainerSpec {
     pub cwd: String,
     /// "", "name", "uid", "uid:gid", "name:group" (resolved against the image's /etc files).
     pub user: String,
+    /// Supplementary groups (`group_add`): names from the image's /etc/group or numbers.
+    pub group_add: Vec<String>,
     /// Join this (bind-mounted) network namespace; None: a new one with only lo.
     pub netns: Option<PathBuf>,
+    /// Plain bind mounts of files the runtime's caller wrote (/etc/hosts, ...).
     pub mounts: Vec<BindMount>,
+    /// Volumes, binds with options, tmpfs.
+    pub volumes: Vec<Mount>,
     /// Stored with the container so a restarted agent can re-adopt it.
     pub labels: BTreeMap<String, String>,
     pub resources: Resources,
+    pub security: Security,
+    /// Mount the root filesystem read-only (`read_only: true`).
+    pub read_only: bool,
+    pub ulimits: Vec<Ulimit>,
+    pub sysctls: BTreeMap<String, String>,
+    /// Run a minimal init as pid 1 that reaps zombies and forwards signals
+    /// (`init: true`).
+    pub init: bool,
+    /// Size of /dev/shm in bytes (default 64 MiB).
+    pub shm_size: Option<u64>,
+    pub devices: Vec<Device>,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -328,8 +461,42 @@ impl Runtime {
         };
         rootfs::mount_overlay(&layers, &upper, &work, &rootfs).map_err(prepare)?;
 
-        let user = user::resolve(&rootfs, &spec.user).map_err(prepare)?;
-        let oci = spec::build(spec, &user, &self.cgroup_rel(id)).map_err(prepare)?;
+        let mut user = user::resolve(&rootfs, &spec.user).map_err(prepare)?;
+        for gid in user::resolve_groups(&rootfs, &spec.group_add).map_err(prepare)? {
+            if gid != user.gid && !user.additional_gids.contains(&gid) {
+                user.additional_gids.push(gid);
+            }
+        }
+        self.prepare_volumes(spec, &rootfs).map_err(prepare)?;
+        if !spec.cwd.is_empty() {
+            // Docker creates a missing working directory (before a read-only
+            // root would make that impossible).
+            let wd = safe_path::scoped_join(&rootfs, spec.cwd.trim_start_matches('/'))
+                .map_err(|e| prepare(format!("resolving working dir {}: {e}", spec.cwd)))?;
+            std::fs::create_dir_all(&wd)
+                .map_err(|e| prepare(format!("creating working dir {}: {e}", spec.cwd)))?;
+        }
+        let devices = if spec.security.privileged {
+            devices::host_devices().map_err(prepare)?
+        } else {
+            devices::resolve(&spec.devices).map_err(prepare)?
+        };
+        let init_binary = if spec.init {
+            Some(init::install(&self.cfg.run_dir).map_err(prepare)?)
+        } else {
+            None
+        };
+        let inputs = spec::Inputs {
+            user,
+            cgroups_path: self.cgroup_rel(id),
+            devices,
+            host: seccomp::Host::detect(),
+            available_caps: devices::available_caps(),
+            init_binary,
+            own_netns: !joins_host_netns(spec.netns.as_deref()),
+            extra_masked: devices::thermal_throttle_paths(),
+        };
+        let oci = spec::build(spec, &inputs).map_err(prepare)?;
         let cfg_path = bundle.join("config.json");
         oci.save(&cfg_path)
             .map_err(|e| prepare(format!("writing {}: {e}", cfg_path.display())))?;
@@ -343,6 +510,8 @@ impl Runtime {
             status_path: dir.join("status.json"),
             oom_files: self.cgroups.oom_files(&self.cgroup_rel(id)),
             loopback_up: spec.netns.is_none(),
+            log_max_size: spec.log.max_size,
+            log_max_file: spec.log.max_file,
         };
         write_json(&dir.join("shim.json"), &shim_cfg)?;
 
@@ -363,6 +532,53 @@ impl Runtime {
                     .unwrap_or_else(|| "the shim reported no status".into()),
             }),
         }
+    }
+
+    /// Creates missing bind sources that may be created, refuses missing
+    /// ones that may not, and fills empty volumes from the image.
+    fn prepare_volumes(&self, spec: &ContainerSpec, rootfs: &Path) -> Result<(), String> {
+        for m in &spec.volumes {
+            match &m.kind {
+                MountKind::Bind {
+                    source,
+                    create_host_path,
+                    ..
+                } => {
+                    if !source.is_absolute() {
+                        return Err(format!(
+                            "bind mount source {} must be an absolute path",
+                            source.display()
+                        ));
+                    }
+                    if !source.exists() {
+                        if *create_host_path {
+                            std::fs::create_dir_all(source).map_err(|e| {
+                                format!("creating bind mount source {}: {e}", source.display())
+                            })?;
+                        } else {
+                            return Err(format!(
+                                "bind mount source path does not exist: {}",
+                                source.display()
+                            ));
+                        }
+                    }
+                }
+                MountKind::Volume { source, copy_up } => {
+                    if !source.is_dir() {
+                        return Err(format!(
+                            "volume directory {} does not exist",
+                            source.display()
+                        ));
+                    }
+                    if *copy_up {
+                        crate::volume::copy_up(rootfs, &m.target, source)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                MountKind::Tmpfs { .. } => {}
+            }
+        }
+        Ok(())
     }
 
     fn spawn_shim(&self, id: &str, dir: &Path) -> Result<Response, ContainerError> {
@@ -627,6 +843,34 @@ impl Runtime {
         self.wait(id, None)
     }
 
+    /// Ids of the containers (running or not) that mount the volume whose
+    /// data directory is `data_dir`: a volume must not be removed while
+    /// this is non-empty (Docker refuses `volume rm` of a volume in use).
+    pub fn volume_users(&self, data_dir: &Path) -> Result<Vec<String>, ContainerError> {
+        let mut users = Vec::new();
+        let dir = &self.cfg.state_dir;
+        for entry in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+            let entry = entry.map_err(io_err("listing", dir))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let meta = match self.load_meta(&id) {
+                Ok(m) => m,
+                Err(ContainerError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let uses =
+                meta.spec.volumes.iter().any(
+                    |m| matches!(&m.kind, MountKind::Volume { source, .. } if source == data_dir),
+                );
+            if uses {
+                users.push(id);
+            }
+        }
+        users.sort();
+        Ok(users)
+    }
+
     /// Kills the container if it still runs, then removes its cgroups,
     /// rootfs mount, state and log; the shim exits.
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
@@ -664,6 +908,33 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Whether `netns` is this host's own network namespace (`network_mode:
+/// host`): Docker's per-namespace sysctl defaults must not touch it.
+fn joins_host_netns(netns: Option<&Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(p) = netns else { return false };
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (id(p), id(Path::new("/proc/self/ns/net"))) {
+        (Some(a), Some(b)) => a == b,
+        // Unknown: assume the host's, so nothing is changed there.
+        _ => true,
+    }
+}
+
+/// The cgroup resources (OCI `linux.resources`) a container made from
+/// `spec` gets: the same description drives cgroup v1 and v2 (libcgroups
+/// writes each version's files from it). Devices are left out.
+pub fn cgroup_resources(
+    spec: &ContainerSpec,
+) -> Result<oci_spec::runtime::LinuxResources, ContainerError> {
+    let prepare = |message: String| ContainerError::Prepare {
+        id: spec.id.clone(),
+        message,
+    };
+    let v = spec::resources(spec, Vec::new()).map_err(prepare)?;
+    serde_json::from_value(v).map_err(|e| prepare(format!("building cgroup resources: {e}")))
 }
 
 /// Undoes a half-made container when `create` fails.
@@ -733,6 +1004,21 @@ impl<T: Read + AsFd> ReadFd for T {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_netns_is_recognised() {
+        assert!(!joins_host_netns(None));
+        assert!(joins_host_netns(Some(Path::new("/proc/self/ns/net"))));
+        assert!(
+            joins_host_netns(Some(Path::new("/proc/1/ns/net"))) == {
+                // Only when the test itself runs in pid 1's netns.
+                std::fs::read_link("/proc/1/ns/net").ok()
+                    == std::fs::read_link("/proc/self/ns/net").ok()
+            }
+        );
+        // A path that is not a namespace: assumed the host's (the safe side).
+        assert!(joins_host_netns(Some(Path::new("/nonexistent/ns"))));
+    }
 
     #[test]
     fn ids_are_validated() {

@@ -81,6 +81,31 @@ pub(crate) fn resolve(rootfs: &Path, spec: &str) -> Result<ResolvedUser, String>
     resolve_with(&passwd, &groups, spec)
 }
 
+/// `group_add` entries: numbers as they are, names from the image's /etc/group.
+pub(crate) fn resolve_groups(rootfs: &Path, names: &[String]) -> Result<Vec<u32>, String> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let groups = parse_group(&read_in_rootfs(rootfs, "etc/group")?);
+    groups_with(&groups, names)
+}
+
+fn groups_with(groups: &[GroupEntry], names: &[String]) -> Result<Vec<u32>, String> {
+    names
+        .iter()
+        .map(|n| match n.parse::<u32>() {
+            Ok(g) => Ok(g),
+            Err(_) => groups
+                .iter()
+                .find(|g| g.name == *n)
+                .map(|g| g.gid)
+                .ok_or_else(|| {
+                    format!("unable to find group {n}: no matching entries in group file")
+                }),
+        })
+        .collect()
+}
+
 fn resolve_with(
     passwd: &[PasswdEntry],
     groups: &[GroupEntry],
@@ -208,6 +233,11 @@ mod tests {
         assert!(r("nobody")
             .unwrap_err()
             .contains("unable to find user nobody"));
+        assert_eq!(
+            groups_with(&g, &["staff".into(), "4000".into()]).unwrap(),
+            vec![50, 4000]
+        );
+        assert!(groups_with(&g, &["nope".into()]).is_err());
         assert!(r("app:nogroup")
             .unwrap_err()
             .contains("unable to find group"));

@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -77,26 +78,45 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
 
 /// Appends entries to a json-file log. Each entry is one `write` of a whole
 /// line, so a concurrent reader sees either all of it or a torn tail it skips.
+///
+/// With a size limit the writer rotates like Docker's json-file driver:
+/// when an entry would take the file past `max_size`, `log` becomes
+/// `log.1` (`log.1` becomes `log.2`, ...), at most `max_file` files in all
+/// are kept, and writing goes on in a fresh `log`. With `max_file` 1 the
+/// file is simply started over.
 #[derive(Debug)]
 pub struct LogWriter {
     file: File,
     path: PathBuf,
+    size: u64,
+    max_size: Option<u64>,
+    max_file: u32,
 }
 
 impl LogWriter {
     pub fn open(path: &Path) -> Result<Self, LogError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| LogError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        Self::with_rotation(path, None, None)
+    }
+
+    /// `max_size` None never rotates; `max_file` defaults to 1.
+    pub fn with_rotation(
+        path: &Path,
+        max_size: Option<u64>,
+        max_file: Option<u32>,
+    ) -> Result<Self, LogError> {
+        let file = open_append(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogWriter {
             file,
             path: path.to_owned(),
+            size,
+            max_size: max_size.filter(|&m| m > 0),
+            max_file: max_file.unwrap_or(1).max(1),
         })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn write_entry(
@@ -107,11 +127,93 @@ impl LogWriter {
     ) -> Result<(), LogError> {
         let mut out = encode_line(stream, line, time);
         out.push(b'\n');
-        self.file.write_all(&out).map_err(|source| LogError::Write {
-            path: self.path.clone(),
+        if let Some(max) = self.max_size {
+            if self.size > 0 && self.size + out.len() as u64 > max {
+                self.rotate()?;
+            }
+        }
+        self.file
+            .write_all(&out)
+            .map_err(|source| LogError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.size += out.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), LogError> {
+        let werr = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LogError::Write { path, source }
+        };
+        if self.max_file == 1 {
+            self.file.set_len(0).map_err(werr(&self.path))?;
+            self.size = 0;
+            return Ok(());
+        }
+        let last = rotated_path(&self.path, self.max_file - 1);
+        match std::fs::remove_file(&last) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(werr(&last)(e)),
+        }
+        for n in (1..self.max_file - 1).rev() {
+            let from = rotated_path(&self.path, n);
+            match std::fs::rename(&from, rotated_path(&self.path, n + 1)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(werr(&from)(e)),
+            }
+        }
+        std::fs::rename(&self.path, rotated_path(&self.path, 1)).map_err(werr(&self.path))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, LogError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| LogError::Open {
+            path: path.to_owned(),
             source,
         })
-    }
+}
+
+/// `<log>.N`, the N-th most recent rotated file.
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The rotated files of `path` that exist, oldest first.
+fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e
+                        .file_name()
+                        .to_string_lossy()
+                        .strip_prefix(&prefix)?
+                        .parse()
+                        .ok()?;
+                    Some((n, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.into_iter().map(|(_, p)| p).collect()
 }
 
 fn encode_line(stream: LogStream, line: &[u8], time: SystemTime) -> Vec<u8> {
@@ -181,12 +283,35 @@ fn in_window(e: &LogEntry, since: Option<SystemTime>, until: Option<SystemTime>)
     since.is_none_or(|s| e.time >= s) && until.is_none_or(|u| e.time <= u)
 }
 
-/// Reads a json-file log: entries within `[since, until]`, then the last
-/// `tail` of those. A torn last line (being written right now) and lines that
-/// are not log records are skipped.
+/// Reads a json-file log, rotated files (`<log>.N`) included, oldest
+/// first: entries within `[since, until]`, then the last `tail` of those. A
+/// torn last line (being written right now) and lines that are not log
+/// records are skipped.
 pub fn read(
     path: &Path,
     tail: Option<usize>,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+) -> Result<Vec<LogEntry>, LogError> {
+    let mut entries = Vec::new();
+    for old in rotated_files(path) {
+        match read_one(&old, since, until) {
+            Ok(mut e) => entries.append(&mut e),
+            // Rotated away between listing and opening.
+            Err(LogError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    entries.append(&mut read_one(path, since, until)?);
+    if let Some(n) = tail {
+        let skip = entries.len().saturating_sub(n);
+        entries.drain(..skip);
+    }
+    Ok(entries)
+}
+
+fn read_one(
+    path: &Path,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
 ) -> Result<Vec<LogEntry>, LogError> {
@@ -204,17 +329,12 @@ pub fn read(
         Some(i) => &data[..=i],
         None => &[][..],
     };
-    let mut entries: Vec<LogEntry> = complete
+    Ok(complete
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(decode_line)
         .filter(|e| in_window(e, since, until))
-        .collect();
-    if let Some(n) = tail {
-        let skip = entries.len().saturating_sub(n);
-        entries.drain(..skip);
-    }
-    Ok(entries)
+        .collect())
 }
 
 /// Follows a json-file log as it grows, like `tail -f`.
@@ -271,6 +391,29 @@ impl LogFollower {
     }
 
     fn read_new(&mut self) -> Result<Vec<LogEntry>, LogError> {
+        let mut out = self.read_available()?;
+        let err = |source| LogError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        // Rotated (renamed away) under us: what was left in the old file is
+        // read above; go on with the new file from its start.
+        let current = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let ours = self.file.metadata().map_err(err)?;
+        if current.is_some_and(|c| c != (ours.dev(), ours.ino())) {
+            if let Ok(f) = File::open(&self.path) {
+                self.file = f;
+                self.pos = 0;
+                self.partial.clear();
+                out.append(&mut self.read_available()?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_available(&mut self) -> Result<Vec<LogEntry>, LogError> {
         let err = |source| LogError::Read {
             path: self.path.clone(),
             source,
@@ -327,6 +470,54 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].len(), MAX_LINE);
         assert_eq!(s.flush().map(|v| v.len()), Some(10));
+    }
+
+    #[test]
+    fn rotates_by_size_and_reads_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let one = encode_line(LogStream::Stdout, b"line 00\n", t0).len() as u64 + 1;
+        // Room for two entries per file, three files.
+        let mut w = LogWriter::with_rotation(&path, Some(2 * one), Some(3)).unwrap();
+        let mut f = LogFollower::open(&path, false).unwrap();
+        let mut followed = Vec::new();
+        for i in 0..9u64 {
+            w.write_entry(
+                LogStream::Stdout,
+                format!("line {i:02}\n").as_bytes(),
+                t0 + Duration::from_secs(i),
+            )
+            .unwrap();
+            if i % 2 == 1 {
+                followed.extend(f.next_batch(Duration::from_millis(1)).unwrap());
+            }
+        }
+        followed.extend(f.next_batch(Duration::from_millis(1)).unwrap());
+        assert!(std::fs::metadata(&path).unwrap().len() <= 2 * one);
+        assert!(rotated_path(&path, 1).exists());
+        assert!(rotated_path(&path, 2).exists());
+        assert!(!rotated_path(&path, 3).exists());
+        let got: Vec<String> = read(&path, None, None, None)
+            .unwrap()
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.line).trim().to_string())
+            .collect();
+        // 9 entries, 2 per file, 3 files: the last 5 survive, in order.
+        assert_eq!(got, ["line 04", "line 05", "line 06", "line 07", "line 08"]);
+        assert_eq!(read(&path, Some(2), None, None).unwrap().len(), 2);
+        // The follower saw every entry, across rotations.
+        assert_eq!(followed.len(), 9);
+
+        // max_file 1: the file starts over.
+        let p1 = dir.path().join("one.log");
+        let mut w = LogWriter::with_rotation(&p1, Some(one), Some(1)).unwrap();
+        for i in 0..3 {
+            w.write_entry(LogStream::Stderr, b"line 00\n", t0 + Duration::from_secs(i))
+                .unwrap();
+        }
+        assert_eq!(read(&p1, None, None, None).unwrap().len(), 1);
+        assert!(!rotated_path(&p1, 1).exists());
     }
 
     #[test]

@@ -179,7 +179,8 @@ impl Shim {
     fn start(cfg: ShimConfig) -> Result<Shim, String> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("shim: becoming child subreaper: {e}"))?;
-        let log = LogWriter::open(&cfg.log_path).map_err(|e| e.to_string())?;
+        let log = LogWriter::with_rotation(&cfg.log_path, cfg.log_max_size, cfg.log_max_file)
+            .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_file(&cfg.socket);
         let listener = UnixListener::bind(&cfg.socket)
             .map_err(|e| format!("shim: listening on {}: {e}", cfg.socket.display()))?;

@@ -35,6 +35,12 @@ pub(crate) struct ShimConfig {
     /// container gets a new one, as Docker's `none` network has lo up).
     #[serde(default)]
     pub loopback_up: bool,
+    /// Rotate the log file when it would grow past this many bytes.
+    #[serde(default)]
+    pub log_max_size: Option<u64>,
+    /// How many log files to keep, the current one included (default 1).
+    #[serde(default)]
+    pub log_max_file: Option<u32>,
 }
 
 /// What the shim knows about its container; also persisted as `status.json`

@@ -1,0 +1,1 @@
+//! placeholder: the multi-host test bed (being written).
