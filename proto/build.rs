@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/flotilla/v1/model.proto",
         "proto/flotilla/v1/api.proto",
+        "proto/flotilla/v1/cluster.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -131,17 +131,16 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
     // Nothing of the stack is left.
     let ps = d.ps(&dir, &project);
     assert!(ps.is_empty(), "{ps:?}");
-    for pid in pids {
-        assert!(
-            eventually(Duration::from_secs(10), || (!Path::new(&format!(
-                "/proc/{pid}"
-            ))
-            .exists())
-            .then_some(()))
-            .is_some(),
-            "container process {pid} still running"
-        );
+    // `down` returns once the nodes removed the containers: no process and
+    // no root filesystem of the stack is left at that point.
+    for pid in &pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z"))
+            .unwrap_or(false);
+        assert!(!alive, "container process {pid} still running after down");
     }
+    let rootfs_left = mounts_under(&[&d.state_dir.display().to_string()]);
+    assert!(rootfs_left.is_empty(), "root filesystems still mounted after down: {rootfs_left:?}");
     let state = d.state_dir.display().to_string();
     let run = d.run_dir.display().to_string();
     let subnet_prefix: String = d.pool.split('.').take(2).collect::<Vec<_>>().join(".") + ".";

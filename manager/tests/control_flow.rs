@@ -111,6 +111,13 @@ impl FakeAgent {
                     status(TaskState::Shutdown, HealthState::None, Some(0)),
                 )
                 .await;
+            } else if want == TaskState::Remove && cur != TaskState::Remove {
+                if already == Some(TaskState::Remove) {
+                    continue;
+                }
+                // The container is stopped (if it ran) and removed.
+                self.report(&t.id, status(TaskState::Remove, HealthState::None, Some(0)))
+                    .await;
             }
         }
     }

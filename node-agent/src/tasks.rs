@@ -168,6 +168,33 @@ pub async fn remove_task(ctx: &OpContext, task_id: &str) {
     let _ = std::fs::remove_dir_all(ctx.task_dir(task_id));
 }
 
+/// Removes a node-local volume (`down -v`, `volume rm`): `name` is the
+/// scoped name ([`volume_name`]). Refused while a container here still
+/// mounts it; a volume that does not exist is not an error.
+pub async fn remove_volume(ctx: &OpContext, name: &str) -> Result<(), String> {
+    let store = ctx.volumes()?;
+    let rt = ctx.runtime.clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let Some(vol) = store.get(&name).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let users = rt.volume_users(&vol.path).map_err(|e| e.to_string())?;
+        if !users.is_empty() {
+            return Err(format!(
+                "volume {name} is in use by container(s) {}",
+                users.join(", ")
+            ));
+        }
+        match store.remove(&name) {
+            Ok(()) | Err(volume::VolumeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| format!("volume worker: {e}"))?
+}
+
 /// Everything of the container spec that follows from the service spec
 /// alone (process, network and files are filled in by the caller).
 pub fn container_spec(spec: &pb::ServiceSpec) -> Result<ContainerSpec, String> {

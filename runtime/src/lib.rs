@@ -2,7 +2,8 @@
 //!
 //! What it owns: the content-addressed image store ([`image`]), overlayfs
 //! root filesystems and OCI bundles, the per-container shim process and the
-//! container lifecycle ([`container`], [`shim`]), cgroups, log files, and the
+//! container lifecycle ([`container`], [`shim`]), cgroups, log files ([`logs`]),
+//! volumes of the local driver ([`volume`]), and the
 //! network primitives the agent composes into networks ([`net`]).
 //!
 //! What it must never do: know about clusters, stacks, services or tasks.

@@ -103,7 +103,9 @@ pub fn status_actions(
             .as_ref()
             .map(|s| s.state())
             .unwrap_or(TaskState::New);
-        if cur.is_terminal() && new.state() != cur {
+        // A terminal state never goes back; the one step allowed after it is
+        // the agent confirming it removed the container (Remove).
+        if cur.is_terminal() && new.state() != cur && new.state() != TaskState::Remove {
             continue;
         }
         if task.status.as_ref() == Some(new) {

@@ -269,13 +269,27 @@ fn orphans<'a>(view: &'a impl StoreView, stack: &str, known: &HashSet<&str>) -> 
         .collect()
 }
 
-/// Shuts down `tasks` and deletes those that no longer run. Returns how
-/// many are left.
+/// Shuts down `tasks`, has their nodes remove the containers of those that
+/// no longer run (desired Remove), and deletes them once removed. Returns
+/// how many are left.
 fn drain<V: StoreView>(ctx: &Ctx<'_, V>, out: &mut Out, tasks: Vec<&Task>) -> usize {
     let mut left = 0;
     for t in tasks {
         if !ctx.live(t) {
-            out.delete(store_action::Object::Task(t.clone()));
+            // Deleted only once its node removed the container (or the node
+            // is gone): `down` returning means the containers are gone.
+            let cleaned =
+                t.node_id.is_empty() || ctx.node_gone(t) || state_of(t) == TaskState::Remove;
+            if cleaned {
+                out.delete(store_action::Object::Task(t.clone()));
+            } else {
+                left += 1;
+                if t.desired_state() != TaskState::Remove {
+                    let mut n = t.clone();
+                    n.desired_state = TaskState::Remove as i32;
+                    out.put_task(t, n);
+                }
+            }
             continue;
         }
         left += 1;

@@ -276,7 +276,7 @@ fn reconcile_table() {
             want: vec![put("web", 2, "w2", "shutdown", "running", "n1")],
         },
         Case {
-            name: "scale down: the extra slot's ended task is deleted",
+            name: "scale down: the extra slot's ended task goes to its node for removal",
             snap: snapshot(
                 vec![web1.clone()],
                 vec![
@@ -286,7 +286,20 @@ fn reconcile_table() {
                 vec![ready("n1")],
             ),
             now: 100,
-            want: vec!["delete task web#2 w2 desired=shutdown state=shutdown node=n1".into()],
+            want: vec![put("web", 2, "w2", "remove", "shutdown", "n1")],
+        },
+        Case {
+            name: "scale down: deleted once its node removed the container",
+            snap: snapshot(
+                vec![web1.clone()],
+                vec![
+                    task(&web1, 1, "w1", "n1", S::Running),
+                    desired(task(&web1, 2, "w2", "n1", S::Remove), S::Remove),
+                ],
+                vec![ready("n1")],
+            ),
+            now: 100,
+            want: vec!["delete task web#2 w2 desired=remove state=remove node=n1".into()],
         },
         Case {
             name: "spec change: the old task is shut down first",
@@ -350,7 +363,7 @@ fn reconcile_table() {
             want: vec![put("web", 1, "w1", "shutdown", "running", "n1")],
         },
         Case {
-            name: "stack removal: everything deleted once tasks ended",
+            name: "stack removal: ended tasks go to their node for removal",
             snap: {
                 let mut s = snapshot(
                     vec![web1.clone()],
@@ -369,8 +382,27 @@ fn reconcile_table() {
                 s
             },
             now: 100,
+            want: vec![put("web", 1, "w1", "remove", "shutdown", "n1")],
+        },
+        Case {
+            name: "stack removal: everything deleted once tasks are removed",
+            snap: {
+                let mut s = snapshot(
+                    vec![web1.clone()],
+                    vec![desired(task(&web1, 1, "w1", "n1", S::Remove), S::Remove)],
+                    vec![ready("n1")],
+                );
+                s.stacks[0]
+                    .meta
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .insert(LABEL_REMOVING.into(), "true".into());
+                s
+            },
+            now: 100,
             want: sorted(vec![
-                "delete task web#1 w1 desired=shutdown state=shutdown node=n1".into(),
+                "delete task web#1 w1 desired=remove state=remove node=n1".into(),
                 "delete service s_web".into(),
                 "delete network s_default".into(),
                 "delete stack s".into(),

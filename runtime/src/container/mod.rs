@@ -1009,13 +1009,21 @@ mod tests {
     fn host_netns_is_recognised() {
         assert!(!joins_host_netns(None));
         assert!(joins_host_netns(Some(Path::new("/proc/self/ns/net"))));
-        assert!(
-            joins_host_netns(Some(Path::new("/proc/1/ns/net"))) == {
-                // Only when the test itself runs in pid 1's netns.
-                std::fs::read_link("/proc/1/ns/net").ok()
-                    == std::fs::read_link("/proc/self/ns/net").ok()
-            }
-        );
+        // Another network namespace (held by a helper process) is not the host's.
+        let mut holder = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let theirs = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(&theirs).ok().as_ref() == Some(&own) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let joined = joins_host_netns(Some(&theirs));
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert!(!joined);
         // A path that is not a namespace: assumed the host's (the safe side).
         assert!(joins_host_netns(Some(Path::new("/nonexistent/ns"))));
     }
