@@ -48,6 +48,9 @@ pub const KEY_RAFT_ID: &str = "raft_id";
 pub const KEY_HARD_STATE: &str = "hard_state";
 pub const KEY_CONF_STATE: &str = "conf_state";
 pub const KEY_SNAPSHOT: &str = "snapshot";
+/// Addresses of the other managers: JSON object, raft id (decimal string)
+/// → `host:port`. Learned from conf changes and from the join answer.
+pub const KEY_PEERS: &str = "peers";
 
 /// raft-rs storage over redb. The small parts (hard state, conf state,
 /// snapshot metadata, first/last index) are cached in memory; entries and
@@ -343,6 +346,62 @@ impl RedbStorage {
         self.put_meta(KEY_CONF_STATE, &cs, "writing the conf state")?;
         self.conf_state = cs;
         Ok(())
+    }
+
+    /// The stored peer addresses (raft id → `host:port`).
+    pub fn peers(&self) -> Result<std::collections::BTreeMap<u64, String>, RaftError> {
+        let p = self.path.as_path();
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| RaftError::redb("starting a read transaction", p, e))?;
+        let meta = txn
+            .open_table(META_TABLE)
+            .map_err(|e| RaftError::redb("opening table meta", p, e))?;
+        let Some(v) = meta
+            .get(KEY_PEERS)
+            .map_err(|e| RaftError::redb("reading the peer addresses", p, e))?
+        else {
+            return Ok(Default::default());
+        };
+        let raw: std::collections::BTreeMap<String, String> = serde_json::from_slice(v.value())
+            .map_err(|e| RaftError::Corrupt {
+                path: self.path.clone(),
+                what: "peer addresses",
+                message: e.to_string(),
+            })?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|k| (k, v)))
+            .collect())
+    }
+
+    /// Replaces the stored peer addresses.
+    pub fn set_peers(
+        &mut self,
+        peers: &std::collections::BTreeMap<u64, String>,
+    ) -> Result<(), RaftError> {
+        let p = self.path.as_path();
+        let raw: std::collections::BTreeMap<String, &String> =
+            peers.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let bytes = serde_json::to_vec(&raw).map_err(|e| RaftError::Corrupt {
+            path: self.path.clone(),
+            what: "peer addresses",
+            message: e.to_string(),
+        })?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| RaftError::redb("starting a meta transaction", p, e))?;
+        {
+            let mut meta = txn
+                .open_table(META_TABLE)
+                .map_err(|e| RaftError::redb("opening table meta", p, e))?;
+            meta.insert(KEY_PEERS, bytes.as_slice())
+                .map_err(|e| RaftError::redb("writing the peer addresses", p, e))?;
+        }
+        txn.commit()
+            .map_err(|e| RaftError::redb("writing the peer addresses", p, e))
     }
 
     fn put_meta<M: PbMessage>(

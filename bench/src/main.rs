@@ -1,0 +1,2 @@
+//! Placeholder for the benchmark runner (being written).
+fn main() {}
