@@ -7,6 +7,7 @@
 //! run before any async runtime or thread exists.
 
 mod client;
+mod cluster_daemon;
 mod cmd;
 mod daemon;
 mod opts;

@@ -81,6 +81,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// List running stacks.
     Ls,
+    /// Print the host address a service's port is published on.
+    Port(crate::cmd::port::PortArgs),
     /// Show the resolved model of the Compose file(s).
     Config(ConfigArgs),
     /// Manage images on the nodes.
@@ -91,6 +93,24 @@ pub enum Command {
     Daemon(DaemonCmd),
     /// Run the daemon (manager and agent) in the foreground.
     Server(ServerArgs),
+    /// Manage the cluster (init, join, join-token, leave).
+    #[command(subcommand)]
+    Cluster(crate::cmd::cluster::ClusterCmd),
+    /// Manage the cluster's nodes.
+    #[command(subcommand)]
+    Node(crate::cmd::cluster::NodeCmd),
+    /// Start the services' stopped containers.
+    Start(crate::cmd::lifecycle::ServicesArgs),
+    /// Stop the services' containers (they stay stopped until `start`).
+    Stop(crate::cmd::lifecycle::ServicesArgs),
+    /// Replace the services' containers with new ones.
+    Restart(crate::cmd::lifecycle::ServicesArgs),
+    /// Send a signal to the services' containers.
+    Kill(crate::cmd::lifecycle::KillArgs),
+    /// Run a command in a running container of a service.
+    Exec(crate::cmd::lifecycle::ExecArgs),
+    /// Stream the stack's container events.
+    Events(crate::cmd::lifecycle::EventsArgs),
 }
 
 /// `-f FILE` accepted after the command too.

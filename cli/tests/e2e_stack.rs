@@ -140,7 +140,10 @@ fn three_services_run_isolated_reach_each_other_and_down_cleans_up() {
         assert!(!alive, "container process {pid} still running after down");
     }
     let rootfs_left = mounts_under(&[&d.state_dir.display().to_string()]);
-    assert!(rootfs_left.is_empty(), "root filesystems still mounted after down: {rootfs_left:?}");
+    assert!(
+        rootfs_left.is_empty(),
+        "root filesystems still mounted after down: {rootfs_left:?}"
+    );
     let state = d.state_dir.display().to_string();
     let run = d.run_dir.display().to_string();
     let subnet_prefix: String = d.pool.split('.').take(2).collect::<Vec<_>>().join(".") + ".";

@@ -27,6 +27,12 @@ pub fn to_compose_yaml(p: &Project) -> String {
         "name", "services", "networks", "volumes", "secrets", "configs",
     ];
     for k in order {
+        if k == "services" {
+            if let Some(v) = top.get(k) {
+                emit_services(v, &mut out);
+            }
+            continue;
+        }
         if let Some(v) = top.get(k) {
             let mut one = Map::new();
             one.insert(k.to_string(), v.clone());
@@ -481,6 +487,42 @@ fn service(p: &Project, name: &str, node: &Node, spec: Option<&ServiceSpec>) -> 
             }
         }
     }
+    if let Some(v) = m.get_mut("extra_hosts") {
+        *v = extra_hosts(v);
+    }
+    for k in ["dns", "dns_search", "dns_opt"] {
+        if let Some(Value::String(x)) = m.get(k).cloned() {
+            m.insert(k.into(), Value::Array(vec![Value::String(x)]));
+        }
+    }
+    if let Some(l) = sub(&mut m, "logging") {
+        if let Some(o) = l.get_mut("options") {
+            stringify_values(o);
+        }
+    }
+    if let Some(Value::Array(ds)) = m.get_mut("devices") {
+        for d in ds.iter_mut() {
+            if let Value::String(text) = d {
+                *d = device(text);
+            }
+        }
+    }
+    if let Some(b) = sub(&mut m, "blkio_config") {
+        for k in [
+            "device_read_bps",
+            "device_write_bps",
+            "device_read_iops",
+            "device_write_iops",
+        ] {
+            if let Some(Value::Array(xs)) = b.get_mut(k) {
+                for x in xs.iter_mut() {
+                    if let Value::Object(o) = x {
+                        bytes_at(o, "rate");
+                    }
+                }
+            }
+        }
+    }
     duration_at(&mut m, "stop_grace_period");
     for k in ["mem_limit", "memswap_limit", "mem_reservation", "shm_size"] {
         bytes_at(&mut m, k);
@@ -550,6 +592,66 @@ fn service(p: &Project, name: &str, node: &Node, spec: Option<&ServiceSpec>) -> 
         m.insert("build".into(), Value::Object(o));
     }
     Value::Object(m)
+}
+
+/// `extra_hosts` as Compose prints it: a list of `host=ip`, from the list
+/// form (`host:ip` or `host=ip`) or the mapping form (one IP or a list).
+fn extra_hosts(v: &Value) -> Value {
+    let mut out = Vec::new();
+    match v {
+        Value::Array(items) => {
+            for it in items {
+                let Value::String(t) = it else {
+                    out.push(it.clone());
+                    continue;
+                };
+                let entry = match t.split_once('=') {
+                    Some(_) => t.clone(),
+                    None => match t.split_once(':') {
+                        Some((h, ip)) => format!("{h}={ip}"),
+                        None => t.clone(),
+                    },
+                };
+                out.push(Value::String(entry));
+            }
+        }
+        Value::Object(m) => {
+            for (h, ips) in m {
+                let ips: Vec<String> = match ips {
+                    Value::Array(a) => a.iter().map(text_of).collect(),
+                    other => vec![text_of(other)],
+                };
+                for ip in ips {
+                    out.push(Value::String(format!("{h}={ip}")));
+                }
+            }
+        }
+        other => return other.clone(),
+    }
+    Value::Array(out)
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        o => o.to_string(),
+    }
+}
+
+/// A device in long syntax: `host[:container[:permissions]]`.
+fn device(text: &str) -> Value {
+    let parts: Vec<&str> = text.splitn(3, ':').collect();
+    let (src, tgt, perm) = match parts.as_slice() {
+        [s] => (*s, *s, "rwm"),
+        [s, t] => (*s, *t, "rwm"),
+        [s, t, p, ..] => (*s, *t, *p),
+        [] => return Value::String(text.into()),
+    };
+    let mut o = Map::new();
+    o.insert("source".into(), Value::String(src.into()));
+    o.insert("target".into(), Value::String(tgt.into()));
+    o.insert("permissions".into(), Value::String(perm.into()));
+    Value::Object(o)
 }
 
 fn port(pc: &flotilla_proto::v1::PortConfig) -> Value {
@@ -684,6 +786,164 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// A service's keys in the order Compose prints them (its `ServiceConfig`
+/// struct order), so the two outputs diff line by line.
+const SERVICE_KEYS: &[&str] = &[
+    "profiles",
+    "annotations",
+    "attach",
+    "build",
+    "develop",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup_parent",
+    "cgroup",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpus",
+    "cpuset",
+    "cpu_shares",
+    "command",
+    "configs",
+    "container_name",
+    "credential_spec",
+    "depends_on",
+    "deploy",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "dockerfile",
+    "domainname",
+    "entrypoint",
+    "provider",
+    "environment",
+    "env_file",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "group_add",
+    "gpus",
+    "hostname",
+    "healthcheck",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "label_file",
+    "links",
+    "logging",
+    "log_driver",
+    "log_opt",
+    "mem_limit",
+    "mem_reservation",
+    "memswap_limit",
+    "mem_swappiness",
+    "mac_address",
+    "net",
+    "network_mode",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "privileged",
+    "pull_policy",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "userns_mode",
+    "uts",
+    "volume_driver",
+    "volumes",
+    "volumes_from",
+    "working_dir",
+    "post_start",
+    "pre_stop",
+];
+
+/// A service mapping's entries in Compose's order; keys it does not know
+/// (`x-` extensions) after them, sorted.
+fn service_entries(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut v: Vec<(&String, &Value)> = m.iter().collect();
+    let rank = |k: &str| {
+        SERVICE_KEYS
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or(SERVICE_KEYS.len())
+    };
+    v.sort_by(|a, b| (rank(a.0), a.0).cmp(&(rank(b.0), b.0)));
+    v
+}
+
+/// `services:` with each service's keys in Compose's order.
+fn emit_services(services: &Value, out: &mut String) {
+    let Value::Object(services) = services else {
+        return;
+    };
+    out.push_str("services:\n");
+    for (name, svc) in services {
+        out.push_str("  ");
+        out.push_str(&scalar(&Value::String(name.clone())));
+        out.push(':');
+        match svc {
+            Value::Object(m) if !m.is_empty() => {
+                out.push('\n');
+                emit_entries(service_entries(m).into_iter(), 4, out);
+            }
+            _ => {
+                out.push(' ');
+                emit(svc, 4, out, true);
+            }
+        }
+    }
+}
+
+fn emit_entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    indent: usize,
+    out: &mut String,
+) {
+    let pad = " ".repeat(indent);
+    for (k, val) in entries {
+        out.push_str(&pad);
+        out.push_str(&scalar(&Value::String(k.clone())));
+        out.push(':');
+        match val {
+            Value::Object(x) if !x.is_empty() => emit(val, indent + 2, out, true),
+            Value::Array(x) if !x.is_empty() => emit(val, indent + 2, out, true),
+            _ => {
+                out.push(' ');
+                emit(val, indent + 2, out, true);
+            }
+        }
+    }
+}
+
 /// Block-style YAML; `inline` means the caller already wrote `- ` or `key: `.
 fn emit(v: &Value, indent: usize, out: &mut String, inline: bool) {
     let pad = " ".repeat(indent);
@@ -694,19 +954,7 @@ fn emit(v: &Value, indent: usize, out: &mut String, inline: bool) {
             if inline {
                 out.push('\n');
             }
-            for (k, val) in m {
-                out.push_str(&pad);
-                out.push_str(&scalar(&Value::String(k.clone())));
-                out.push(':');
-                match val {
-                    Value::Object(x) if !x.is_empty() => emit(val, indent + 2, out, true),
-                    Value::Array(x) if !x.is_empty() => emit(val, indent + 2, out, true),
-                    _ => {
-                        out.push(' ');
-                        emit(val, indent + 2, out, true);
-                    }
-                }
-            }
+            emit_entries(m.iter(), indent, out);
         }
         Value::Array(a) => {
             if inline {

@@ -1,5 +1,5 @@
-//! Reading one Compose file into a single tree: all its YAML documents,
-//! interpolated, merged, with `include:` files pulled in and `extends:`
+//! Reading one Compose file into a single tree: its one YAML document
+//! (several are refused), interpolated, with `include:` files pulled in and `extends:`
 //! services resolved, and include/extends cycles reported by name.
 //!
 //! Reads only the Compose files named by the user or by those files
@@ -32,6 +32,17 @@ fn canonical(p: &Path) -> PathBuf {
 impl Reader<'_> {
     /// Reads `path`; `from` is the include/extends entry that named it.
     pub fn read(&mut self, path: &Path, from: Option<(&Pos, &str)>) -> Option<Node> {
+        self.read_in(path, from, None)
+    }
+
+    /// Reads `path` with its relative paths resolved against `project_dir`
+    /// (an include's `project_directory`), or else against its own directory.
+    fn read_in(
+        &mut self,
+        path: &Path,
+        from: Option<(&Pos, &str)>,
+        project_dir: Option<&Path>,
+    ) -> Option<Node> {
         let canon = canonical(path);
         if let Some(i) = self.stack.iter().position(|p| *p == canon) {
             let mut names: Vec<String> = self.stack[i..]
@@ -48,7 +59,10 @@ impl Reader<'_> {
         }
         let mut doc = self.parse_file(path, from)?;
         self.stack.push(canon);
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = match project_dir {
+            Some(d) => d.to_path_buf(),
+            None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
         if from.is_some() {
             // Included and extended files resolve their relative paths
             // against their own directory, not the project's.
@@ -73,7 +87,7 @@ impl Reader<'_> {
                 return None;
             }
         };
-        let docs = match yaml::parse(&text, &shown) {
+        let docs = match yaml::parse_documents(&text, &shown) {
             Ok(d) => d,
             Err(es) => {
                 self.errors
@@ -81,46 +95,54 @@ impl Reader<'_> {
                 return None;
             }
         };
-        if docs.is_empty() || docs.iter().all(Node::is_null) {
+        // Several documents in one file are refused rather than merged: which
+        // one wins is not obvious to a reader, and Compose's own rule differs
+        // between versions.
+        if let Some(second) = docs.get(1) {
+            self.errors.push(LoadError::at(
+                &second.start,
+                "",
+                "multiple YAML documents are not supported",
+            ));
+            return None;
+        }
+        let Some(mut doc) = docs
+            .into_iter()
+            .next()
+            .map(|d| d.root)
+            .filter(|d| !d.is_null())
+        else {
             self.errors.push(LoadError::general(
                 "",
                 format!("{shown}: empty Compose file"),
             ));
             return None;
+        };
+        if doc.as_map().is_none() {
+            self.errors.push(LoadError::at(
+                &doc.pos,
+                "",
+                format!("a Compose file must be a mapping, not {}", doc.kind_name()),
+            ));
+            return None;
         }
-        let mut merged: Option<Node> = None;
-        for mut doc in docs {
-            if doc.as_map().is_none() {
-                self.errors.push(LoadError::at(
-                    &doc.pos,
-                    "",
-                    format!("a Compose file must be a mapping, not {}", doc.kind_name()),
-                ));
-                continue;
-            }
-            if self.interpolate {
-                let mut unset = Vec::new();
-                interpolate_tree(
-                    &mut doc,
-                    &mut String::new(),
-                    &self.env,
-                    &mut unset,
-                    self.errors,
-                );
-                for u in unset {
-                    let w = format!("the {u:?} variable is not set; defaulting to a blank string");
-                    if !self.warnings.contains(&w) {
-                        self.warnings.push(w);
-                    }
+        if self.interpolate {
+            let mut unset = Vec::new();
+            interpolate_tree(
+                &mut doc,
+                &mut String::new(),
+                &self.env,
+                &mut unset,
+                self.errors,
+            );
+            for u in unset {
+                let w = format!("the {u:?} variable is not set; defaulting to a blank string");
+                if !self.warnings.contains(&w) {
+                    self.warnings.push(w);
                 }
             }
-            // `!reset` tags stay until the file is merged onto what it overrides.
-            merged = Some(match merged.take() {
-                None => doc,
-                Some(base) => merge::merge(base, doc),
-            });
         }
-        merged
+        Some(doc)
     }
 
     fn resolve_includes(&mut self, mut doc: Node, dir: &Path) -> Node {
@@ -148,12 +170,7 @@ impl Reader<'_> {
                         match e.key.as_str() {
                             "path" => {}
                             k if k.starts_with("x-") => {}
-                            "env_file" => {}
-                            "project_directory" => self.errors.push(LoadError::at(
-                                &e.key_pos,
-                                format!("{p}.{}", e.key),
-                                format!("not supported yet: include.{}", e.key),
-                            )),
+                            "env_file" | "project_directory" => {}
                             k => self.errors.push(LoadError::at(
                                 &e.key_pos,
                                 format!("{p}.{k}"),
@@ -186,12 +203,29 @@ impl Reader<'_> {
                     continue;
                 }
             };
+            // The included project's directory: `project_directory` (relative
+            // to the including file), else the first included file's folder.
+            let first_dir = match it.get("project_directory") {
+                Some(d) => match d.as_scalar() {
+                    Some(s) if !d.is_null() => {
+                        crate::convert::clean_path(&dir.join(&s.text)).into()
+                    }
+                    _ => {
+                        self.errors.push(LoadError::at(
+                            &d.pos,
+                            format!("{p}.project_directory"),
+                            format!("must be a string, not {}", d.kind_name()),
+                        ));
+                        continue;
+                    }
+                },
+                None => paths
+                    .first()
+                    .and_then(|(f, _)| dir.join(f).parent().map(Path::to_path_buf))
+                    .unwrap_or_else(|| dir.to_path_buf()),
+            };
             // The included project's env files fill in variables the
             // including side does not set (Compose's order).
-            let first_dir = paths
-                .first()
-                .and_then(|(f, _)| dir.join(f).parent().map(Path::to_path_buf))
-                .unwrap_or_else(|| dir.to_path_buf());
             let env_files: Vec<(PathBuf, bool)> = match it.get("env_file").map(|x| &x.kind) {
                 Some(Kind::Scalar(s)) => vec![(dir.join(&s.text), true)],
                 Some(Kind::Seq(v)) => v
@@ -232,7 +266,7 @@ impl Reader<'_> {
             let mut included: Option<Node> = None;
             for (file, pos) in paths {
                 let full = dir.join(&file);
-                if let Some(d) = self.read(&full, Some((&pos, &p))) {
+                if let Some(d) = self.read_in(&full, Some((&pos, &p)), Some(&first_dir)) {
                     included = Some(match included.take() {
                         None => d,
                         Some(b) => merge::merge(b, d),

@@ -16,6 +16,7 @@ pub mod graph;
 mod include;
 pub mod interp;
 pub mod merge;
+pub mod pin;
 pub mod schema;
 pub mod yaml;
 
@@ -28,6 +29,7 @@ use flotilla_proto::v1::StackSpec;
 pub use config::{to_compose_json, to_compose_yaml};
 pub use graph::{start_order, stop_order, DependencyGraph, GraphError};
 use include::Reader;
+pub use pin::{images_to_pin, pin_images, ImagePin};
 use yaml::{Kind, Node, Pos};
 
 /// File names looked for in the working directory when no `-f` is given, in

@@ -264,8 +264,26 @@ fn count_nodes(n: &Node) -> usize {
 /// Parses every document in `src`. Errors in structure (duplicate keys, bad
 /// merge keys) are all collected; a syntax error stops parsing.
 pub fn parse(src: &str, file: &Arc<str>) -> Result<Vec<Node>, Vec<YamlError>> {
+    Ok(parse_documents(src, file)?
+        .into_iter()
+        .map(|d| d.root)
+        .collect())
+}
+
+/// One YAML document: where it starts (its `---` when it has one) and its
+/// root node.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub start: Pos,
+    pub root: Node,
+}
+
+/// Like [`parse`], keeping where each document starts, so a caller that
+/// accepts only one document can point at the second.
+pub fn parse_documents(src: &str, file: &Arc<str>) -> Result<Vec<Document>, Vec<YamlError>> {
     let mut parser = Parser::new_from_str(src);
     let mut docs = Vec::new();
+    let mut starts: Vec<Pos> = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: std::collections::HashMap<usize, Node> = Default::default();
     let mut errors = Vec::new();
@@ -286,11 +304,11 @@ pub fn parse(src: &str, file: &Arc<str>) -> Result<Vec<Node>, Vec<YamlError>> {
         };
         let pos = Pos::new(file, span.start.line(), span.start.col());
         let done: Option<Node> = match ev {
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart(_)
-            | Event::DocumentEnd
-            | Event::Nothing => None,
+            Event::DocumentStart(_) => {
+                starts.push(pos.clone());
+                None
+            }
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
             Event::Alias(id) => match anchors.get(&id) {
                 Some(n) => {
                     let c = count_nodes(n);
@@ -402,7 +420,10 @@ pub fn parse(src: &str, file: &Arc<str>) -> Result<Vec<Node>, Vec<YamlError>> {
         };
         let Some(node) = done else { continue };
         match stack.last_mut() {
-            None => docs.push(node),
+            None => docs.push(Document {
+                start: starts.last().cloned().unwrap_or_else(|| node.pos.clone()),
+                root: node,
+            }),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map {
                 entries,

@@ -63,3 +63,59 @@ fn config_mode_accepts_build_that_deploy_refuses() {
     );
     assert!(y.contains("dockerfile: Dockerfile"), "{y}");
 }
+
+#[test]
+fn pinning_images_rewrites_model_and_spec_and_reports_every_missing_one() {
+    use flotilla_compose::{images_to_pin, pin_images, ImagePin};
+    use std::collections::BTreeMap;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("compose.yaml"),
+        "name: pin\nservices:\n  web:\n    image: registry:5000/web:1.2\n  db:\n    image: postgres:16\n  cache:\n    image: redis@sha256:0123\n  app:\n    build: .\n",
+    )
+    .unwrap();
+    let p = load_for_config(&LoadOptions::new(d.path())).unwrap();
+    assert_eq!(
+        images_to_pin(&p),
+        vec!["postgres:16", "registry:5000/web:1.2"]
+    );
+
+    let mut missing = p.clone();
+    let pins = BTreeMap::from([(
+        "postgres:16".to_string(),
+        ImagePin::Digest("sha256:aa".into()),
+    )]);
+    let err = pin_images(&mut missing, &pins).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "compose.yaml:4:12: services.web.image: image registry:5000/web:1.2 was not found on any node"
+    );
+
+    let mut p = p;
+    let pins = BTreeMap::from([
+        (
+            "postgres:16".to_string(),
+            ImagePin::Digest("sha256:aa".into()),
+        ),
+        (
+            "registry:5000/web:1.2".to_string(),
+            ImagePin::Id("sha256:bb".into()),
+        ),
+    ]);
+    pin_images(&mut p, &pins).unwrap();
+    let img = |n: &str| {
+        p.spec
+            .services
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap()
+            .image
+            .clone()
+    };
+    assert_eq!(img("db"), "postgres@sha256:aa");
+    assert_eq!(img("web"), "sha256:bb");
+    assert_eq!(img("cache"), "redis@sha256:0123");
+    let json: serde_json::Value = serde_json::from_str(&to_compose_json(&p)).unwrap();
+    assert_eq!(json["services"]["db"]["image"], "postgres@sha256:aa");
+    assert_eq!(json["services"]["web"]["image"], "sha256:bb");
+}

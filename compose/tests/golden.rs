@@ -22,10 +22,19 @@ fn fixed_point(first: &Project, what: &str) {
 use serde_json::Value;
 
 /// Drops what Compose prints only because of Go's encoders, not because
-/// the file set it: empty mappings and `command`/`entrypoint: null`.
+/// the file set it: empty mappings, `command`/`entrypoint: null` and
+/// capitalised blkio device keys.
 fn normalise(v: &mut Value, depth: usize) {
     match v {
         Value::Object(m) => {
+            // Go's JSON encoder capitalises blkio_config's device entries
+            // (their struct has YAML tags only); YAML has them lowercase.
+            if m.keys().any(|k| k == "Path") {
+                *m = std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, x)| (k.to_lowercase(), x))
+                    .collect();
+            }
             m.retain(|k, x| {
                 !(matches!(x, Value::Object(o) if o.is_empty())
                     || (depth == 2 && (k == "command" || k == "entrypoint") && x.is_null()))
@@ -123,4 +132,62 @@ fn include_with_its_own_env_file() {
 #[test]
 fn networks_volumes_secrets_and_configs() {
     check("networks");
+}
+
+#[test]
+fn include_with_a_project_directory() {
+    check("includedir");
+}
+
+#[test]
+fn service_fields_in_their_normal_forms() {
+    check("fields");
+}
+
+#[test]
+fn yaml_prints_service_keys_in_compose_order() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fields");
+    let p = load_for_config(&LoadOptions::new(&dir)).unwrap();
+    let yaml = to_compose_yaml(&p);
+    let services = &yaml[yaml.find("services:\n").unwrap()..];
+    let services = &services[..services.find("\nnetworks:").unwrap_or(services.len())];
+    let keys: Vec<&str> = services
+        .lines()
+        .filter(|l| l.starts_with("    ") && !l.starts_with("     "))
+        .filter_map(|l| l.trim().split(':').next())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "blkio_config",
+            "cap_add",
+            "cpu_shares",
+            "deploy",
+            "devices",
+            "dns",
+            "dns_search",
+            "expose",
+            "extra_hosts",
+            "group_add",
+            "hostname",
+            "healthcheck",
+            "image",
+            "init",
+            "logging",
+            "memswap_limit",
+            "networks",
+            "ports",
+            "read_only",
+            "security_opt",
+            "shm_size",
+            "stop_grace_period",
+            "stop_signal",
+            "tmpfs",
+            "ulimits",
+            "user",
+            "working_dir"
+        ],
+        "{yaml}"
+    );
+    assert!(yaml.contains("      - db.local=10.0.0.5\n"), "{yaml}");
 }

@@ -516,3 +516,80 @@ fn include_and_extends_cycles_are_errors() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn multiple_yaml_documents_are_refused_at_the_second() {
+    let d = project(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: nginx\n---\nservices:\n  db:\n    image: postgres\n",
+    )]);
+    assert_eq!(
+        errors_of(d.path()),
+        vec!["compose.yaml:4:1: multiple YAML documents are not supported"]
+    );
+    // One document with an explicit start marker is fine.
+    let d = project(&[("compose.yaml", "---\nservices:\n  web:\n    image: nginx\n")]);
+    assert_eq!(
+        load(&LoadOptions::new(d.path()))
+            .unwrap()
+            .spec
+            .services
+            .len(),
+        1
+    );
+    // Also in an included file, located there.
+    let d = project(&[
+        (
+            "compose.yaml",
+            "include: [lib/more.yaml]\nservices:\n  web:\n    image: nginx\n",
+        ),
+        (
+            "lib/more.yaml",
+            "services:\n  a:\n    image: a\n--- \nservices:\n  b:\n    image: b\n",
+        ),
+    ]);
+    assert_eq!(
+        errors_of(d.path()),
+        vec!["lib/more.yaml:4:1: multiple YAML documents are not supported"]
+    );
+}
+
+#[test]
+fn include_project_directory_and_env_file() {
+    let d = project(&[
+        (
+            "compose.yaml",
+            "include:\n  - path: lib/db.yaml\n    project_directory: proj\n  - path: [other/cache.yaml]\n    env_file: [cache.env]\nservices:\n  web:\n    image: web\n",
+        ),
+        (
+            "lib/db.yaml",
+            "services:\n  db:\n    image: postgres:${PGTAG:-none}\n    env_file: db.env\n    volumes: [\"./data:/data\"]\n",
+        ),
+        ("proj/.env", "PGTAG=16\n"),
+        ("proj/db.env", "PGUSER=u\n"),
+        ("other/.env", "CACHE_TAG=ignored\n"),
+        ("other/cache.yaml", "services:\n  cache:\n    image: redis:${CACHE_TAG:-none}\n"),
+        ("cache.env", "CACHE_TAG=7\n"),
+    ]);
+    let p = load(&LoadOptions::new(d.path())).unwrap();
+    let db = svc(&p.spec, "db");
+    assert_eq!(db.image, "postgres:16");
+    assert_eq!(db.environment["PGUSER"], "u");
+    assert_eq!(
+        db.mounts[0].source,
+        d.path().join("proj/data").display().to_string()
+    );
+    assert_eq!(svc(&p.spec, "cache").image, "redis:7");
+
+    let d = project(&[
+        (
+            "compose.yaml",
+            "include:\n  - path: a.yaml\n    project_directory: [x]\n",
+        ),
+        ("a.yaml", "services:\n  a:\n    image: a\n"),
+    ]);
+    assert_eq!(
+        errors_of(d.path()),
+        vec!["compose.yaml:3:24: include[0].project_directory: must be a string, not a sequence"]
+    );
+}

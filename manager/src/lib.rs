@@ -13,6 +13,7 @@
 //! The manager never imports the runtime or the agent, and never talks to a
 //! container: it only writes desired state and reads what agents report.
 
+pub mod cluster;
 pub mod control;
 pub mod dispatcher;
 pub mod ipam;

@@ -199,6 +199,7 @@ impl Agent {
             stop_rx.clone(),
         )));
 
+        let nat = network::NatSync::start(network::owner_tag(&cfg.state_dir));
         let exec = Executor {
             cfg: Arc::new(cfg),
             runtime,
@@ -211,6 +212,8 @@ impl Agent {
             services: Vec::new(),
             live_networks: HashMap::new(),
             have_assignments: false,
+            peers: Vec::new(),
+            nat,
         };
         tasks.push(tokio::spawn(exec.run(assign_rx, stop_rx)));
         Ok(AgentHandle {
@@ -248,6 +251,8 @@ enum Event {
     },
     /// A removed task's container and endpoint are gone.
     Removed { task_id: String },
+    /// A health check changed the task's health state or failing streak.
+    Health(crate::health::HealthUpdate),
 }
 
 struct Entry {
@@ -274,6 +279,9 @@ struct Executor {
     /// bridge names (kept here: the manager may delete the network first).
     live_networks: HashMap<String, String>,
     have_assignments: bool,
+    /// Every task of this node's stacks (the manager's view), for VIPs.
+    peers: Vec<pb::Task>,
+    nat: network::NatSync,
 }
 
 fn container_state(info: &ContainerInfo) -> Container {
@@ -343,6 +351,7 @@ impl Executor {
             .map(|n| (n.id.clone(), n))
             .collect();
         self.services = set.services;
+        self.peers = set.peers;
         for e in self.entries.values_mut() {
             e.assigned = false;
         }
@@ -364,17 +373,21 @@ impl Executor {
                         self.watch_exit(&task.id, ev_tx);
                     }
                     let status = task.status.clone().unwrap_or_default();
+                    let task_id = task.id.clone();
                     self.entries.insert(
                         task.id.clone(),
                         Entry {
                             task,
                             reported: None,
-                            status,
+                            status: status.clone(),
                             container,
                             busy: false,
                             assigned: true,
                         },
                     );
+                    if watch {
+                        self.watch_health(&task_id, Some(status), ev_tx);
+                    }
                 }
             }
         }
@@ -409,6 +422,20 @@ impl Executor {
                     }
                     if container == Container::Running {
                         self.watch_exit(&task_id, ev_tx);
+                        self.watch_health(&task_id, None, ev_tx);
+                    }
+                }
+            }
+            Event::Health(u) => {
+                if let Some(e) = self.entries.get_mut(&u.task_id) {
+                    // Only about the container that runs now, and only while
+                    // the task is reported running.
+                    if e.status.pid == u.pid && e.reported == Some(pb::TaskState::Running) {
+                        e.status.set_health(u.state);
+                        e.status.failing_streak = u.failing_streak;
+                        e.status.health_log = u.log;
+                        e.status.timestamp = Some(pb::Timestamp::now());
+                        self.outbox.push(&u.task_id, e.status.clone());
                     }
                 }
             }
@@ -512,6 +539,37 @@ impl Executor {
             }
         }
         self.teardown_unused_networks();
+        network::sync_nat(
+            &self.nat,
+            &self.cfg.run_dir.join("netns"),
+            self.entries
+                .values()
+                .filter(|e| e.assigned)
+                .map(|e| &e.task),
+            &self.peers,
+            &self.services,
+        );
+    }
+
+    /// Runs the task's health check (if it has one) while its container runs.
+    fn watch_health(
+        &self,
+        task_id: &str,
+        resume_from: Option<pb::TaskStatus>,
+        ev_tx: &mpsc::Sender<Event>,
+    ) {
+        let Some(e) = self.entries.get(task_id) else {
+            return;
+        };
+        tokio::spawn(crate::health::run(
+            self.runtime.clone(),
+            self.images.clone(),
+            e.task.clone(),
+            container_id(task_id),
+            resume_from,
+            ev_tx.clone(),
+            Event::Health,
+        ));
     }
 
     fn watch_exit(&self, task_id: &str, ev_tx: &mpsc::Sender<Event>) {

@@ -12,6 +12,7 @@
 
 pub mod controller;
 pub mod executor;
+pub mod health;
 pub mod images;
 pub mod network;
 pub mod node_service;

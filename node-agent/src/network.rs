@@ -10,8 +10,13 @@ use crate::process;
 use crate::tasks::{short, OpContext};
 use flotilla_proto::v1 as pb;
 use flotilla_runtime::container::BindMount;
+use flotilla_runtime::net::nat::{self, Protocol, PublishedPort, Vip};
 use flotilla_runtime::net::{self, firewall, netns};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The bridge for a network: the manager's choice, else derived from the id
 /// (a network the manager already deleted).
@@ -77,7 +82,9 @@ async fn attach_networks(
         let (br, subnet) = (bridge.clone(), net.subnet.clone());
         tokio::task::spawn_blocking(move || {
             firewall::ensure_base()?;
-            firewall::add_network(&br, &subnet, internal)
+            firewall::add_network(&br, &subnet, internal)?;
+            // Published ports reached from 127.0.0.1 are routed out here.
+            nat::enable_route_localnet(&br)
         })
         .await
         .map_err(|e| format!("firewall worker: {e}"))?
@@ -179,4 +186,524 @@ pub fn write_task_files(
             read_only: false,
         },
     ])
+}
+
+// ---------------------------------------------------------------------------
+// Published ports and service VIPs.
+//
+// The kernel's port space is one per host, so the book of reserved host
+// ports is one per process (an agent is one per host).
+
+/// A host port as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKey {
+    pub protocol: Protocol,
+    pub host_ip: Option<Ipv4Addr>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        write!(f, "{ip}:{}/{}", self.port, self.protocol)
+    }
+}
+
+/// A reserved host port: the service publishing it, and a socket bound
+/// (never listening) to it so no other program can take it while the DNAT
+/// rule sends its traffic to containers.
+struct Reservation {
+    service_id: String,
+    _socket: OwnedFd,
+}
+
+static PORT_BOOK: Mutex<BTreeMap<PortKey, Reservation>> = Mutex::new(BTreeMap::new());
+
+fn port_book() -> std::sync::MutexGuard<'static, BTreeMap<PortKey, Reservation>> {
+    PORT_BOOK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The host ports a service spec publishes (random ports are not resolved
+/// here and are left out).
+pub fn published_keys(spec: &pb::ServiceSpec) -> Result<Vec<(PortKey, u16)>, String> {
+    let mut out = Vec::new();
+    for p in &spec.ports {
+        if p.published == 0 {
+            continue;
+        }
+        let protocol = match pb::Protocol::try_from(p.protocol) {
+            Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+            Ok(pb::Protocol::Udp) => Protocol::Udp,
+            _ => {
+                return Err(format!(
+                    "service {}: published port {}: only tcp and udp can be published",
+                    spec.name, p.published
+                ))
+            }
+        };
+        let host_ip = match p.host_ip.as_str() {
+            "" | "0.0.0.0" => None,
+            s => Some(s.parse::<Ipv4Addr>().map_err(|_| {
+                format!(
+                    "service {}: published port {}: host_ip {s:?} is not an IPv4 address",
+                    spec.name, p.published
+                )
+            })?),
+        };
+        let port = u16::try_from(p.published).map_err(|_| {
+            format!(
+                "service {}: published port {} is out of range",
+                spec.name, p.published
+            )
+        })?;
+        let target = u16::try_from(p.target).map_err(|_| {
+            format!(
+                "service {}: target port {} is out of range",
+                spec.name, p.target
+            )
+        })?;
+        out.push((
+            PortKey {
+                protocol,
+                host_ip,
+                port,
+            },
+            target,
+        ));
+    }
+    Ok(out)
+}
+
+/// Binds (without listening) a socket to `key` on the host.
+fn reserve(key: &PortKey) -> Result<OwnedFd, nix::Error> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let ty = match key.protocol {
+        Protocol::Tcp => SockType::Stream,
+        Protocol::Udp => SockType::Datagram,
+    };
+    let fd = socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    let ip = key.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: key.port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `fd` is an open socket we own; `addr` is a fully initialised
+    // sockaddr_in that outlives the call, and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(fd)
+}
+
+/// Reserves the host ports `task` publishes, or says which one is taken
+/// (by another service, or by a program on the host) before anything of the
+/// task is made. Replicas of one service share their ports.
+pub fn reserve_ports(task: &pb::Task) -> Result<(), String> {
+    let Some(spec) = task.spec.as_ref() else {
+        return Ok(());
+    };
+    let keys = published_keys(spec)?;
+    let mut book = port_book();
+    for (key, _) in keys {
+        if let Some(r) = book.get(&key) {
+            if r.service_id == task.service_id {
+                continue;
+            }
+            return Err(format!(
+                "cannot publish {key} for service {}: already published by service {}",
+                task.service_id, r.service_id
+            ));
+        }
+        // A wildcard and a specific address of the same port collide too.
+        if let Some((other, r)) = book.iter().find(|(k, r)| {
+            k.protocol == key.protocol
+                && k.port == key.port
+                && (k.host_ip.is_none() || key.host_ip.is_none())
+                && r.service_id != task.service_id
+        }) {
+            return Err(format!(
+                "cannot publish {key} for service {}: {other} is already published by service {}",
+                task.service_id, r.service_id
+            ));
+        }
+        let socket = reserve(&key).map_err(|e| {
+            format!(
+                "cannot publish {key} for service {}: the port is already in use on this host ({e})",
+                task.service_id
+            )
+        })?;
+        book.insert(
+            key,
+            Reservation {
+                service_id: task.service_id.clone(),
+                _socket: socket,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// A task whose traffic may be sent to it: running as far as the manager
+/// knows, not unhealthy, and meant to run.
+fn is_backend(t: &pb::Task) -> bool {
+    let Some(st) = t.status.as_ref() else {
+        return false;
+    };
+    st.state() == pb::TaskState::Running
+        && st.health() != pb::HealthState::Unhealthy
+        && t.desired_state() == pb::TaskState::Running
+}
+
+fn task_ip_on(t: &pb::Task, network_id: &str) -> Option<Ipv4Addr> {
+    t.networks
+        .iter()
+        .find(|a| a.network_id == network_id)
+        .and_then(|a| a.addresses.first())
+        .and_then(|a| process::strip_prefix_len(a).parse().ok())
+}
+
+/// Everything this node's address translation should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatState {
+    pub ports: Vec<PublishedPort>,
+    /// Per local task's network namespace, the VIPs it can reach.
+    pub vips: BTreeMap<PathBuf, Vec<Vip>>,
+}
+
+/// Computes the node's published ports and per-container VIPs from its
+/// tasks (`local`), every task of their stacks (`peers`, with the manager's
+/// view of their state and health) and their services.
+pub fn nat_state(
+    netns_dir: &Path,
+    local: &[&pb::Task],
+    peers: &[pb::Task],
+    services: &[pb::Service],
+) -> NatState {
+    let node_id = local.first().map(|t| t.node_id.as_str()).unwrap_or("");
+    let local_services: HashSet<&str> = local.iter().map(|t| t.service_id.as_str()).collect();
+    let backends: HashMap<&str, Vec<&pb::Task>> =
+        peers
+            .iter()
+            .filter(|t| is_backend(t))
+            .fold(HashMap::new(), |mut m, t| {
+                m.entry(t.service_id.as_str()).or_default().push(t);
+                m
+            });
+    let mut state = NatState::default();
+    for svc in services {
+        if !local_services.contains(svc.id.as_str()) {
+            continue;
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Ok(keys) = published_keys(spec) else {
+            continue;
+        };
+        let mut ips: Vec<Ipv4Addr> = backends
+            .get(svc.id.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|t| t.node_id == node_id)
+            .filter_map(|t| {
+                let first = t.networks.first()?;
+                task_ip_on(t, &first.network_id)
+            })
+            .collect();
+        ips.sort();
+        for (key, target) in keys {
+            state.ports.push(PublishedPort {
+                protocol: key.protocol,
+                host_ip: key.host_ip,
+                host_port: key.port,
+                target_port: target,
+                backends: ips.clone(),
+            });
+        }
+    }
+    state.ports.sort();
+    for t in local {
+        let nets: HashSet<&str> = t.networks.iter().map(|n| n.network_id.as_str()).collect();
+        let mut vips = Vec::new();
+        for svc in services.iter().filter(|s| s.stack == t.stack) {
+            let dnsrr = svc
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.endpoint_mode == "dnsrr");
+            if dnsrr {
+                continue;
+            }
+            for v in svc
+                .vips
+                .iter()
+                .filter(|v| nets.contains(v.network_id.as_str()))
+            {
+                let Ok(address) = process::strip_prefix_len(&v.address).parse() else {
+                    continue;
+                };
+                let mut ips: Vec<Ipv4Addr> = backends
+                    .get(svc.id.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| task_ip_on(b, &v.network_id))
+                    .collect();
+                ips.sort();
+                vips.push(Vip {
+                    address,
+                    backends: ips,
+                });
+            }
+        }
+        vips.sort();
+        state.vips.insert(netns_dir.join(short(&t.id)), vips);
+    }
+    // Reservations of services with no task here any more are released.
+    port_book().retain(|_, r| local_services.contains(r.service_id.as_str()));
+    state
+}
+
+/// The tag of an agent's published-port rules: derived from its state
+/// directory, so a restarted agent replaces its predecessor's rules.
+pub fn owner_tag(state_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    state_dir.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Keeps the kernel's address translation equal to the latest [`NatState`]:
+/// a worker applies each new state, changing only what differs (per
+/// container namespace, keyed by its inode so a recreated namespace is
+/// programmed again).
+pub struct NatSync {
+    tx: tokio::sync::watch::Sender<NatState>,
+}
+
+impl NatSync {
+    /// Starts the worker (on the current tokio runtime). `owner` tags this
+    /// agent's published-port rules ([`owner_tag`]).
+    pub fn start(owner: String) -> NatSync {
+        let (tx, mut rx) = tokio::sync::watch::channel(NatState::default());
+        tokio::spawn(async move {
+            let owner = owner;
+            let mut applied_ports: Option<Vec<PublishedPort>> = None;
+            let mut applied_vips: HashMap<PathBuf, (u64, Vec<Vip>)> = HashMap::new();
+            while rx.changed().await.is_ok() {
+                let want = rx.borrow_and_update().clone();
+                let ports =
+                    (applied_ports.as_ref() != Some(&want.ports)).then(|| want.ports.clone());
+                let mut todo = Vec::new();
+                for (path, vips) in &want.vips {
+                    let ino = match std::fs::metadata(path) {
+                        Ok(m) if netns::is_netns_mount(path) => {
+                            std::os::unix::fs::MetadataExt::ino(&m)
+                        }
+                        // Not made yet (or gone): programmed once it exists.
+                        _ => continue,
+                    };
+                    if applied_vips.get(path) != Some(&(ino, vips.clone())) {
+                        todo.push((path.clone(), ino, vips.clone()));
+                    }
+                }
+                applied_vips.retain(|p, _| want.vips.contains_key(p));
+                let owner = owner.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let ports_result = ports.map(|p| {
+                        let r = nat::sync_published_ports(&owner, &p);
+                        (p, r)
+                    });
+                    let vip_results: Vec<_> = todo
+                        .into_iter()
+                        .map(|(path, ino, vips)| {
+                            let r = nat::sync_vips(&path, &vips);
+                            (path, ino, vips, r)
+                        })
+                        .collect();
+                    (ports_result, vip_results)
+                })
+                .await;
+                let Ok((ports_result, vip_results)) = r else {
+                    continue;
+                };
+                if let Some((p, r)) = ports_result {
+                    match r {
+                        Ok(()) => applied_ports = Some(p),
+                        Err(e) => tracing::warn!("programming published ports: {e}"),
+                    }
+                }
+                for (path, ino, vips, r) in vip_results {
+                    match r {
+                        Ok(()) => {
+                            applied_vips.insert(path, (ino, vips));
+                        }
+                        // The container may have gone meanwhile.
+                        Err(e) => tracing::debug!("programming VIPs in {}: {e}", path.display()),
+                    }
+                }
+            }
+        });
+        NatSync { tx }
+    }
+
+    /// Asks the worker to make the kernel match `state` (cheap; the latest
+    /// state wins).
+    pub fn update(&self, state: NatState) {
+        self.tx.send_replace(state);
+    }
+}
+
+/// Recomputes the node's address translation from the executor's view and
+/// hands it to the worker: called after every change the executor sees.
+pub fn sync_nat<'a>(
+    nat_sync: &NatSync,
+    netns_dir: &Path,
+    local: impl Iterator<Item = &'a pb::Task>,
+    peers: &[pb::Task],
+    services: &[pb::Service],
+) {
+    let local: Vec<&pb::Task> = local
+        .filter(|t| t.desired_state() == pb::TaskState::Running)
+        .collect();
+    nat_sync.update(nat_state(netns_dir, &local, peers, services));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, svc: &str, node: &str, ip: &str, running: bool) -> pb::Task {
+        pb::Task {
+            id: id.into(),
+            stack: "s".into(),
+            service_id: format!("s_{svc}"),
+            service_name: svc.into(),
+            node_id: node.into(),
+            desired_state: pb::TaskState::Running as i32,
+            status: Some(pb::TaskStatus {
+                state: if running {
+                    pb::TaskState::Running
+                } else {
+                    pb::TaskState::Shutdown
+                } as i32,
+                ..Default::default()
+            }),
+            networks: vec![pb::NetworkAttachment {
+                network_id: "n1".into(),
+                addresses: vec![format!("{ip}/24")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn service(name: &str, vip: &str, ports: Vec<pb::PortConfig>) -> pb::Service {
+        pb::Service {
+            id: format!("s_{name}"),
+            stack: "s".into(),
+            spec: Some(pb::ServiceSpec {
+                name: name.into(),
+                ports,
+                ..Default::default()
+            }),
+            vips: vec![pb::EndpointAddress {
+                network_id: "n1".into(),
+                address: format!("{vip}/24"),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn vips_and_ports_follow_running_tasks() {
+        let web1 = task("w1", "web", "node1", "10.9.0.2", true);
+        let web2 = task("w2", "web", "node1", "10.9.0.3", false);
+        let web3 = task("w3", "web", "node2", "10.9.0.4", true);
+        let client = task("c1", "client", "node1", "10.9.0.5", true);
+        let services = vec![
+            service(
+                "web",
+                "10.9.0.100",
+                vec![pb::PortConfig {
+                    target: 80,
+                    published: 8080,
+                    ..Default::default()
+                }],
+            ),
+            service("client", "10.9.0.101", vec![]),
+        ];
+        let peers = vec![web1.clone(), web2.clone(), web3, client.clone()];
+        let local = [&web1, &web2, &client];
+        let st = nat_state(Path::new("/ns"), &local, &peers, &services);
+        // The published port goes to this node's running task only.
+        assert_eq!(
+            st.ports,
+            vec![PublishedPort {
+                protocol: Protocol::Tcp,
+                host_ip: None,
+                host_port: 8080,
+                target_port: 80,
+                backends: vec!["10.9.0.2".parse().unwrap()],
+            }]
+        );
+        // The VIP spreads over every running task, wherever it runs.
+        let vips = &st.vips[&Path::new("/ns").join(short("c1"))];
+        let web_vip = vips
+            .iter()
+            .find(|v| v.address == "10.9.0.100".parse::<Ipv4Addr>().unwrap())
+            .unwrap();
+        assert_eq!(
+            web_vip.backends,
+            vec![
+                "10.9.0.2".parse::<Ipv4Addr>().unwrap(),
+                "10.9.0.4".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn published_keys_parse_host_ip_and_protocol() {
+        let spec = pb::ServiceSpec {
+            name: "web".into(),
+            ports: vec![
+                pb::PortConfig {
+                    target: 53,
+                    published: 5353,
+                    protocol: pb::Protocol::Udp as i32,
+                    host_ip: "127.0.0.1".into(),
+                    ..Default::default()
+                },
+                pb::PortConfig {
+                    target: 9,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let keys = published_keys(&spec).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].0.to_string(), "127.0.0.1:5353/udp");
+        assert_eq!(keys[0].1, 53);
+        let bad = pb::ServiceSpec {
+            ports: vec![pb::PortConfig {
+                target: 1,
+                published: 1,
+                host_ip: "nope".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(published_keys(&bad).unwrap_err().contains("host_ip"));
+    }
 }

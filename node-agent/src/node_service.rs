@@ -1,7 +1,9 @@
-//! The agent's gRPC service for managers: the node-local image store and
-//! log streams. Managers forward users' requests here; users never call it.
+//! The agent's gRPC service for managers: the node-local image store, log
+//! streams, `exec` in a task's container and `kill` (a signal only).
+//! Managers forward users' requests here; users never call it.
 //!
-//! It must never change what runs: images and logs only.
+//! It must never change what should run: that is the manager's desired
+//! state (a killed container is then handled by the restart policy).
 
 use crate::images::{config_from_proto, summary};
 use crate::process::container_id;
@@ -251,5 +253,84 @@ impl NodeAgent for NodeService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
+        use flotilla_runtime::container::{ContainerError, ExecError, ExecSpec};
+        let req = req.into_inner();
+        let known = self
+            .tasks
+            .lock()
+            .map(|t| t.contains_key(&req.task_id))
+            .unwrap_or(false);
+        if !known {
+            return Err(Status::not_found(format!(
+                "task {} is not on this node",
+                req.task_id
+            )));
+        }
+        let spec = ExecSpec {
+            args: req.args,
+            env: req.env,
+            cwd: (!req.workdir.is_empty()).then_some(req.workdir),
+            timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
+        };
+        let rt = self.runtime.clone();
+        let cid = container_id(&req.task_id);
+        let task_id = req.task_id.clone();
+        let out = tokio::task::spawn_blocking(move || rt.exec(&cid, &spec))
+            .await
+            .map_err(internal("exec worker"))?
+            .map_err(|e| match e {
+                ExecError::NotRunning { .. } => Status::failed_precondition(e.to_string()),
+                ExecError::NoCommand { .. } => Status::invalid_argument(e.to_string()),
+                ExecError::Container(ContainerError::NotFound { .. }) => {
+                    Status::not_found(e.to_string())
+                }
+                e => Status::internal(e.to_string()),
+            })?;
+        Ok(Response::new(pb::ExecResponse {
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            task_id,
+            timed_out: out.timed_out,
+        }))
+    }
+
+    async fn kill(
+        &self,
+        req: Request<pb::KillRequest>,
+    ) -> Result<Response<pb::KillResponse>, Status> {
+        let req = req.into_inner();
+        let signal = if req.signal.is_empty() {
+            libc::SIGKILL
+        } else {
+            crate::signals::parse(&req.signal).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown signal {:?}", req.signal))
+            })?
+        };
+        let rt = self.runtime.clone();
+        let ids = req.task_ids.clone();
+        let signalled = tokio::task::spawn_blocking(move || {
+            let mut done = Vec::new();
+            for id in ids {
+                // A container that already exited is not an error: the
+                // signal had nothing to reach.
+                match rt.kill(&container_id(&id), signal) {
+                    Ok(()) => done.push(id),
+                    Err(e) => tracing::info!(task = %id, "kill: {e}"),
+                }
+            }
+            done
+        })
+        .await
+        .map_err(internal("kill worker"))?;
+        Ok(Response::new(pb::KillResponse {
+            task_ids: signalled,
+        }))
     }
 }

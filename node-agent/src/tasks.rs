@@ -106,6 +106,9 @@ pub async fn start_task(
     )
     .map_err(|e| StartError::Rejected(e.to_string()))?;
 
+    // Published host ports, refused before anything is made if taken.
+    network::reserve_ports(task).map_err(StartError::Rejected)?;
+
     // Network endpoint: a netns with one veth per attached network.
     let netns_path = network::setup_task(ctx, task, networks)
         .await

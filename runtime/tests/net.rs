@@ -975,3 +975,133 @@ fn docker_forward_drop_with_docker_user_chain() {
 fn docker_forward_drop_without_docker_user_chain() {
     docker_forward_drop(false);
 }
+
+/// A TCP server on `addr` inside `ns` that answers one connection with
+/// "pong!" and returns the peer address it saw.
+fn serve_once(ns: &Path, addr: SocketAddr) -> std::thread::JoinHandle<std::io::Result<SocketAddr>> {
+    let listener = netns::run_in(ns, || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut conn, peer) = loop {
+            match listener.accept() {
+                Ok(c) => break c,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.write_all(b"pong!")?;
+        Ok(peer)
+    })
+}
+
+fn read_pong(mut c: TcpStream) -> std::io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf)?;
+    assert_eq!(&buf, b"pong!");
+    Ok(())
+}
+
+#[test]
+fn published_port_and_vip_dnat() {
+    use flotilla_runtime::net::nat::{self, Protocol, PublishedPort, Vip};
+    let _serial = SERIAL.blocking_lock();
+    let p = setup();
+    in_sandbox(&p, || {
+        rt().block_on(async {
+            firewall::enable_ip_forward().unwrap();
+            let nl = Netlink::connect().await.unwrap();
+            let o = outside(&nl, &p).await;
+            let a = format!("{p}a");
+            nl.ensure_bridge(&a, "10.213.1.1/24", None).await.unwrap();
+            let gw = Ipv4Addr::new(10, 213, 1, 1);
+            let c1 = container(&nl, &p, "c1", &a, Ipv4Addr::new(10, 213, 1, 2), gw, 24).await;
+            let c2 = container(&nl, &p, "c2", &a, Ipv4Addr::new(10, 213, 1, 3), gw, 24).await;
+            let _ga = RulesGuard(a.clone());
+            firewall::add_network(&a, "10.213.1.0/24", false).unwrap();
+            nat::enable_route_localnet(&a).unwrap();
+            nat::sync_published_ports(
+                "test",
+                &[PublishedPort {
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    target_port: 9000,
+                    backends: vec![c1.ip],
+                }],
+            )
+            .unwrap();
+            let server = SocketAddr::from((c1.ip, 9000));
+
+            // From outside, on the sandbox host's uplink address: the
+            // server sees the outside client's own address.
+            let srv = serve_once(&c1.ns.path, server);
+            let host_addr = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 1), 8080));
+            netns::run_in(&o.ns.path, || {
+                read_pong(TcpStream::connect_timeout(
+                    &host_addr,
+                    Duration::from_secs(10),
+                )?)
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(srv.join().unwrap().unwrap().ip(), IpAddr::V4(o.ip));
+
+            // From the host itself on 127.0.0.1, no proxy process anywhere.
+            let srv = serve_once(&c1.ns.path, server);
+            let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+            read_pong(TcpStream::connect_timeout(&lo, Duration::from_secs(10)).unwrap()).unwrap();
+            assert_eq!(srv.join().unwrap().unwrap().ip(), IpAddr::V4(gw));
+
+            // A VIP translated in the client's own namespace: the server
+            // sees the client's address, not a NAT address.
+            let vip = Ipv4Addr::new(10, 213, 1, 200);
+            nat::sync_vips(
+                &c2.ns.path,
+                &[Vip {
+                    address: vip,
+                    backends: vec![c1.ip],
+                }],
+            )
+            .unwrap();
+            let srv = serve_once(&c1.ns.path, server);
+            let to_vip = SocketAddr::from((vip, 9000));
+            netns::run_in(&c2.ns.path, || {
+                read_pong(TcpStream::connect_timeout(
+                    &to_vip,
+                    Duration::from_secs(10),
+                )?)
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(srv.join().unwrap().unwrap().ip(), IpAddr::V4(c2.ip));
+            // No backend: refused at once, not a timeout.
+            nat::sync_vips(
+                &c2.ns.path,
+                &[Vip {
+                    address: vip,
+                    backends: vec![],
+                }],
+            )
+            .unwrap();
+            let err = netns::run_in(&c2.ns.path, || {
+                TcpStream::connect_timeout(&to_vip, Duration::from_secs(10)).map(|_| ())
+            })
+            .unwrap()
+            .unwrap_err();
+            assert_ne!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+
+            // Removing the port leaves nothing of this owner behind.
+            nat::sync_published_ports("test", &[]).unwrap();
+            assert!(!ruleset().contains("flotilla-ports:test"));
+        })
+    });
+}

@@ -71,7 +71,9 @@ pub enum TestbedError {
         pid: u32,
         source: nix::Error,
     },
-    #[error("no free /24 in 172.31.0.0/16 for the underlay: every one overlaps a route of this machine")]
+    #[error(
+        "no free /24 in 172.31.0.0/16 for the underlay: every one overlaps a route of this machine"
+    )]
     NoFreeSubnet,
     #[error("host index {index} out of range (the bed has {hosts} hosts)")]
     NoSuchHost { index: usize, hosts: usize },
@@ -125,7 +127,10 @@ impl Host {
                 "FLOTILLA_STATE_DIR".into(),
                 self.state_dir.display().to_string(),
             ),
-            ("FLOTILLA_RUN_DIR".into(), self.run_dir.display().to_string()),
+            (
+                "FLOTILLA_RUN_DIR".into(),
+                self.run_dir.display().to_string(),
+            ),
             ("FLOTILLA_CGROUP_PARENT".into(), self.cgroup_parent.clone()),
             ("FLOTILLA_ADDRESS_POOL".into(), self.address_pool.clone()),
             ("NO_COLOR".into(), "1".into()),
@@ -551,9 +556,8 @@ impl Testbed {
             .collect();
         // Create-then-delete makes the delete valid whether or not the table
         // existed; the whole script is one atomic transaction.
-        let mut script = format!(
-            "table inet {PARTITION_TABLE}\ndelete table inet {PARTITION_TABLE}\n"
-        );
+        let mut script =
+            format!("table inet {PARTITION_TABLE}\ndelete table inet {PARTITION_TABLE}\n");
         if !peers.is_empty() {
             let set = peers.join(", ");
             script.push_str(&format!(
@@ -586,11 +590,13 @@ impl Testbed {
                     source,
                 })?;
         }
-        let out = child.wait_with_output().map_err(|source| TestbedError::Exec {
-            what: what.clone(),
-            cmd: "nft -f -".into(),
-            source,
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|source| TestbedError::Exec {
+                what: what.clone(),
+                cmd: "nft -f -".into(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(TestbedError::Failed {
                 what,
@@ -671,7 +677,10 @@ fn remove_cgroups(id: &str) {
             continue;
         };
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&format!("{id}-")) && e.path().is_dir()
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{id}-"))
+                && e.path().is_dir()
             {
                 remove_cgroup_tree(&e.path());
             }
@@ -689,7 +698,10 @@ fn remove_cgroup_tree(dir: &Path) {
     }
     for _ in 0..50 {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         for &p in &pids {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
@@ -835,7 +847,11 @@ fn parse_prefix(s: &str) -> Option<(u32, u32)> {
 }
 
 fn ip(args: &[&str], what: &str) -> Result<()> {
-    run_checked(Command::new("ip").args(args), what, &format!("ip {}", args.join(" ")))
+    run_checked(
+        Command::new("ip").args(args),
+        what,
+        &format!("ip {}", args.join(" ")),
+    )
 }
 
 /// `ip -n NS args`.

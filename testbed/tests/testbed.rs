@@ -123,7 +123,13 @@ fn processes_run_inside_the_host_and_can_be_paused_killed_restarted() {
     require_root!();
     let bed = Testbed::new(2).unwrap();
     let mut p = bed
-        .spawn(1, "sleeper", Path::new("/bin/busybox"), &["sleep", "600"], &[])
+        .spawn(
+            1,
+            "sleeper",
+            Path::new("/bin/busybox"),
+            &["sleep", "600"],
+            &[],
+        )
         .unwrap();
     let pid = p.pid().unwrap();
     // Its network namespace is host 1's, not ours.
@@ -162,7 +168,13 @@ fn drop_removes_namespaces_links_rules_and_processes() {
         let mut bed = Testbed::new(2).unwrap();
         bed.partition(&[0], &[1]).unwrap();
         let p = bed
-            .spawn(0, "sleeper", Path::new("/bin/busybox"), &["sleep", "600"], &[])
+            .spawn(
+                0,
+                "sleeper",
+                Path::new("/bin/busybox"),
+                &["sleep", "600"],
+                &[],
+            )
             .unwrap();
         let pid = p.pid().unwrap();
         // Leak the process handle: the bed itself must still kill it.
@@ -183,9 +195,15 @@ fn drop_removes_namespaces_links_rules_and_processes() {
     }
     // The killed process may linger as our zombie; it must not be running.
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(state.is_empty() || state.contains(") Z"), "process {pid} still runs: {state}");
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "process {pid} still runs: {state}"
+    );
     // No veth of the bed leaked into the machine's namespace, and no rules.
-    let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("ftb"), "a link of a bed is left:\n{links}");
     let tables = std::process::Command::new("nft")

@@ -4,11 +4,15 @@
 //! bind-mount sources to exist, and never talks to the daemon except for
 //! `--resolve-image-digests`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::opts::{ConfigArgs, Global};
 use anyhow::Result;
-use flotilla_compose::Project;
+use flotilla_compose::{ImagePin, Project};
+use flotilla_proto::v1 as pb;
+
+/// One of the list flags' printers.
+type Lister = fn(&Project) -> Vec<String>;
 
 pub fn run(g: &Global, a: &ConfigArgs) -> Result<i32> {
     let mut opts = super::load_options(g, &[])?;
@@ -17,17 +21,27 @@ pub fn run(g: &Global, a: &ConfigArgs) -> Result<i32> {
         // Every profile any service names, enabled or not.
         opts.profiles = vec!["*".into()];
     }
-    let project = flotilla_compose::load_for_config(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut project =
+        flotilla_compose::load_for_config(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &project.warnings {
         eprintln!("warning: {w}");
     }
     if a.resolve_image_digests {
-        anyhow::bail!("--resolve-image-digests is not supported yet");
+        let refs = flotilla_compose::images_to_pin(&project);
+        // `run` is synchronous but called on the multi-threaded runtime.
+        let pins = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(resolve(g, refs))
+        })?;
+        flotilla_compose::pin_images(&mut project, &pins).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n(load it with `flotilla image load`, `flotilla image import` or `flotilla image pull`)"
+            )
+        })?;
     }
     if a.quiet {
         return Ok(0);
     }
-    let lists: [(bool, fn(&Project) -> Vec<String>); 4] = [
+    let lists: [(bool, Lister); 4] = [
         (a.services, service_names),
         (a.volumes, volume_names),
         (a.profiles, profile_names),
@@ -49,6 +63,36 @@ pub fn run(g: &Global, a: &ConfigArgs) -> Result<i32> {
         println!();
     }
     Ok(0)
+}
+
+/// Asks the daemon what each reference resolves to on its nodes: the
+/// manifest digest where the image has one, else the image id.
+async fn resolve(g: &Global, references: Vec<String>) -> Result<BTreeMap<String, ImagePin>> {
+    let mut pins = BTreeMap::new();
+    if references.is_empty() {
+        return Ok(pins);
+    }
+    let mut ctl = crate::client::connect(g).await?;
+    let resp = ctl
+        .resolve_images(pb::ResolveImagesRequest {
+            references,
+            node_id: String::new(),
+        })
+        .await
+        .map_err(|s| crate::client::status_err("resolving image digests", s))?
+        .into_inner();
+    for r in resp.images {
+        let (true, Some(img)) = (r.found, r.image) else {
+            continue;
+        };
+        let pin = if img.manifest_digest.is_empty() {
+            ImagePin::Id(img.id)
+        } else {
+            ImagePin::Digest(img.manifest_digest)
+        };
+        pins.entry(r.reference).or_insert(pin);
+    }
+    Ok(pins)
 }
 
 fn service_names(p: &Project) -> Vec<String> {

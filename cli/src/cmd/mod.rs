@@ -2,12 +2,15 @@
 //! Control API, and renders; none of them changes state except through the
 //! API.
 
+pub(crate) mod cluster;
 mod config;
 mod daemon_cmd;
 mod down;
 mod image;
+pub(crate) mod lifecycle;
 mod logs;
 mod ls;
+pub(crate) mod port;
 mod ps;
 mod up;
 
@@ -43,10 +46,19 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ps(a) => ps::run(g, a).await,
         Command::Logs(a) => logs::run(g, a).await,
         Command::Ls => ls::run(g).await,
+        Command::Port(a) => port::run(g, a).await,
         Command::Config(a) => config::run(g, a),
         Command::Image(c) => image::run(g, c).await,
         Command::Daemon(c) => daemon_cmd::run(g, c).await,
         Command::Server(a) => crate::daemon::serve(g, a).await,
+        Command::Cluster(c) => cluster::run(g, c).await,
+        Command::Node(c) => cluster::node(g, c).await,
+        Command::Start(a) => lifecycle::start(g, a).await,
+        Command::Stop(a) => lifecycle::stop(g, a).await,
+        Command::Restart(a) => lifecycle::restart(g, a).await,
+        Command::Kill(a) => lifecycle::kill(g, a).await,
+        Command::Exec(a) => lifecycle::exec(g, a).await,
+        Command::Events(a) => lifecycle::events(g, a).await,
     }
 }
 

@@ -77,6 +77,8 @@ impl Daemon {
 
     /// Starts `flotilla server` in the background and waits for its socket.
     pub fn start(&mut self) {
+        // A killed earlier run may have left bridges in this pool.
+        sweep_bridges(&self.pool);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -228,6 +230,7 @@ impl Drop for Daemon {
         kill_cgroup_processes(&self.cgroup_parent);
         unmount_under(&[&state, &run]);
         remove_cgroups(&self.cgroup_parent);
+        sweep_bridges(&self.pool);
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
@@ -486,4 +489,34 @@ pub fn nft_ruleset() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// The links holding an address in `pool` ("10.123.0.0/16"), with that
+/// address: bridges of a daemon using this pool.
+pub fn links_in_pool(pool: &str) -> Vec<(String, String)> {
+    let prefix: String = pool.split('.').take(2).collect::<Vec<_>>().join(".") + ".";
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.nth(1)?.to_string();
+            let addr = f.nth(1)?.to_string();
+            addr.starts_with(&prefix).then_some((name, addr))
+        })
+        .collect()
+}
+
+/// Removes the bridges (and their firewall rules) of a dead daemon that
+/// used `pool`.
+pub fn sweep_bridges(pool: &str) {
+    for (name, _) in links_in_pool(pool) {
+        if name.starts_with("flt-") {
+            let _ = flotilla_runtime::net::firewall::remove_network(&name);
+            let _ = Command::new("ip").args(["link", "del", &name]).output();
+        }
+    }
 }

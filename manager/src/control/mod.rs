@@ -10,6 +10,7 @@
 
 pub mod deploy;
 pub mod forward;
+pub mod verbs;
 
 use crate::orchestrator::{StoreView, LABEL_REMOVE_VOLUMES, LABEL_REMOVING};
 use crate::raft::{ProposeError, StoreHandle};
@@ -584,6 +585,24 @@ impl Control for ControlApi {
             ));
         }
         forward::load_image(targets, first, stream)
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec(
+        &self,
+        request: Request<flotilla_proto::v1::ExecRequest>,
+    ) -> Result<Response<flotilla_proto::v1::ExecResponse>, Status> {
+        verbs::exec(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn kill(
+        &self,
+        request: Request<flotilla_proto::v1::KillRequest>,
+    ) -> Result<Response<flotilla_proto::v1::KillResponse>, Status> {
+        verbs::kill(&self.inner.store, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -23,6 +23,11 @@
 //!   services never restart a task that completed with 0), at most
 //!   `max_attempts` times, after a back-off (`delay_ms`, else 0 for the first
 //!   restart then 100ms doubling up to 10s) recorded in `restart_not_before`.
+//!   With `window_ms`, a task that ran at least that long resets the count
+//!   (and the back-off): only quick successive failures use up attempts.
+//! - `depends_on` with `restart: true`: when the dependency's current task
+//!   is a restart or recreation (generation > 0) made after the dependent's
+//!   task, the dependent's task is replaced too.
 //! - A spec change (spec_hash differs) retires the current task (desired
 //!   Shutdown) and creates the new one once the old one is no longer live,
 //!   so the slot's IP is never used twice at once.
@@ -481,7 +486,51 @@ fn should_restart(spec: &ServiceSpec, t: &Task, node_gone: bool) -> bool {
     wanted
         && policy
             .max_attempts
-            .is_none_or(|m| m == 0 || t.restart_count < m)
+            .is_none_or(|m| m == 0 || attempts_so_far(spec, t) < m)
+}
+
+/// The restarts that count against `max_attempts` and the back-off: with a
+/// `window`, a task that ran at least that long was a successful start, so
+/// the count starts again from zero (Swarm's window, Docker's reset after a
+/// successful run).
+pub fn attempts_so_far(spec: &ServiceSpec, t: &Task) -> u32 {
+    let window_ms = spec.restart_policy.and_then(|p| p.window_ms).unwrap_or(0);
+    if window_ms == 0 {
+        return t.restart_count;
+    }
+    let ran_ms = t.status.as_ref().and_then(|s| {
+        let (start, end) = (s.started_at?, s.finished_at?);
+        Some(end.unix_nanos.saturating_sub(start.unix_nanos) / 1_000_000)
+    });
+    match ran_ms {
+        Some(ms) if ms >= 0 && ms as u64 >= window_ms => 0,
+        _ => t.restart_count,
+    }
+}
+
+/// A dependency declared with `restart: true` whose current task was
+/// restarted or recreated after `t` started: `t` must be restarted too.
+fn restarted_dependency(
+    view: &impl StoreView,
+    stack: &str,
+    spec: &ServiceSpec,
+    t: &Task,
+) -> Option<String> {
+    let created = |x: &Task| {
+        x.meta
+            .as_ref()
+            .and_then(|m| m.created_at)
+            .map(|c| c.unix_nanos)
+    };
+    let mine = created(t)?;
+    spec.depends_on.iter().filter(|d| d.restart).find_map(|d| {
+        let dep_id = format!("{stack}_{}", d.service);
+        view.tasks_in_service(&dep_id)
+            .into_iter()
+            .filter(|x| !matches!(x.desired_state(), TaskState::Shutdown | TaskState::Remove))
+            .any(|x| x.generation > 0 && created(x).is_some_and(|c| c > mine))
+            .then(|| d.service.clone())
+    })
 }
 
 /// Whether a dependency of a service holds (`Ok`) or why not (`Err`).
@@ -559,10 +608,19 @@ fn reconcile_slot<V: StoreView>(
             replace = Some((0, c.generation + 1));
         }
         Some(c) if !state_of(c).is_terminal() && !ctx.node_gone(c) => {
-            if c.desired_state() != target {
-                set_desired(out, c, target);
+            match restarted_dependency(ctx.view, &stack.id, &spec, c) {
+                Some(dep) => {
+                    tracing::info!(task = %c.id, slot, dependency = %dep, "dependency restarted: restarting dependent");
+                    set_desired(out, c, TaskState::Shutdown);
+                    replace = Some((c.restart_count, c.generation + 1));
+                }
+                None => {
+                    if c.desired_state() != target {
+                        set_desired(out, c, target);
+                    }
+                    return;
+                }
             }
-            return;
         }
         Some(c) => {
             let gone = ctx.node_gone(c);
@@ -583,7 +641,8 @@ fn reconcile_slot<V: StoreView>(
                 .as_ref()
                 .and_then(|s| s.finished_at.or(s.timestamp))
                 .unwrap_or(ctx.now);
-            let delay = restart_delay_ms(policy.delay_ms, c.restart_count);
+            let attempts = attempts_so_far(&spec, c);
+            let delay = restart_delay_ms(policy.delay_ms, attempts);
             let not_before = Timestamp {
                 unix_nanos: base.unix_nanos.saturating_add(
                     i64::try_from(delay.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
@@ -607,7 +666,7 @@ fn reconcile_slot<V: StoreView>(
                 st.timestamp = Some(ctx.now);
             }
             out.put_task(c, n);
-            replace = Some((c.restart_count + 1, c.generation + 1));
+            replace = Some((attempts + 1, c.generation + 1));
         }
         None => {
             let generation = tasks.iter().map(|t| t.generation + 1).max().unwrap_or(0);

@@ -573,3 +573,75 @@ fn spec_hash_ignores_scale_and_map_order() {
     b.environment.insert("B".into(), "3".into());
     assert_ne!(spec_hash(&a), spec_hash(&b));
 }
+
+#[test]
+fn window_resets_the_attempt_count_after_a_long_run() {
+    let mut sp = with_restart(spec("w"), Rc::OnFailure, Some(2));
+    sp.restart_policy.as_mut().unwrap().window_ms = Some(10_000);
+    let svc = service("s", sp);
+    let failed = |started: i64, finished: i64| {
+        let mut t = exited(
+            task(&svc, 1, "w1", "n1", S::Running),
+            S::Failed,
+            1,
+            finished,
+        );
+        t.status.as_mut().unwrap().started_at = Some(ts(started));
+        t.restart_count = 2;
+        t
+    };
+    // Two quick failures already: max_attempts reached, no restart.
+    let quick = failed(100, 101);
+    let snap = snapshot(vec![svc.clone()], vec![quick], vec![ready("n1")]);
+    assert!(decide(&snap, 200).is_empty(), "{:?}", decide(&snap, 200));
+    // It ran longer than the window: a fresh count, restarted at once.
+    let long = failed(100, 150);
+    let snap = snapshot(vec![svc.clone()], vec![long], vec![ready("n1")]);
+    let actions = reconcile(&snap, ts(150));
+    let created: Vec<&Task> = actions
+        .iter()
+        .filter_map(|a| match &a.object {
+            Some(store_action::Object::Task(t)) if t.id != "w1" => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{:?}", describe(&actions));
+    assert_eq!(created[0].restart_count, 1);
+}
+
+#[test]
+fn restart_true_restarts_dependents_of_a_restarted_dependency() {
+    let db = service("s", spec("db"));
+    let mut app_spec = dep(spec("app"), "db", Dc::Started);
+    app_spec.depends_on[0].restart = true;
+    let app = service("s", app_spec.clone());
+    let mut app_t = task(&app, 1, "a1", "n1", S::Running);
+    app_t.meta.as_mut().unwrap().created_at = Some(ts(100));
+    let mut db_t = task(&db, 1, "d1", "n1", S::Running);
+    db_t.meta.as_mut().unwrap().created_at = Some(ts(90));
+    // The dependency's first task, older: nothing happens.
+    let snap = snapshot(
+        vec![db.clone(), app.clone()],
+        vec![db_t.clone(), app_t.clone()],
+        vec![ready("n1")],
+    );
+    assert!(decide(&snap, 200).is_empty(), "{:?}", decide(&snap, 200));
+    // db was restarted (a newer generation) after app started: app is replaced.
+    db_t.generation = 1;
+    db_t.meta.as_mut().unwrap().created_at = Some(ts(150));
+    let snap = snapshot(
+        vec![db.clone(), app.clone()],
+        vec![db_t.clone(), app_t.clone()],
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 200),
+        vec![put("app", 1, "a1", "shutdown", "running", "n1")]
+    );
+    // Without `restart: true` it is left alone.
+    let plain = service("s", dep(spec("app"), "db", Dc::Started));
+    let mut t = task(&plain, 1, "a1", "n1", S::Running);
+    t.meta.as_mut().unwrap().created_at = Some(ts(100));
+    let snap = snapshot(vec![db, plain], vec![db_t, t], vec![ready("n1")]);
+    assert!(decide(&snap, 200).is_empty());
+}

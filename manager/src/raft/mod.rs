@@ -24,10 +24,14 @@
 mod logger;
 mod node;
 pub mod storage;
+pub mod transport;
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use flotilla_proto::v1::{Event, StoreBatch};
@@ -85,6 +89,7 @@ pub struct RaftStatus {
     pub first_log_index: u64,
     pub last_log_index: u64,
     pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 /// Sends Raft messages to peers. Implementations must not block: queue and
@@ -93,6 +98,69 @@ pub trait RaftTransport: Send + Sync + 'static {
     /// `message` is an encoded `eraftpb::Message` for the peer `to`, to be
     /// handed to that peer's [`StoreHandle::step`].
     fn send(&self, to: u64, message: Vec<u8>);
+
+    /// A snapshot message: implementations that can tell whether it was
+    /// delivered report it with [`StoreHandle::report_snapshot`] (raft-rs
+    /// pauses the peer until then). The default sends it like any other.
+    fn send_snapshot(&self, to: u64, message: Vec<u8>) {
+        self.send(to, message)
+    }
+
+    /// The address of peer `id` became known (`Some`) or the peer was
+    /// removed (`None`). Called by the loop on start (for every stored
+    /// peer) and whenever a conf change is applied.
+    fn set_peer(&self, _id: u64, _addr: Option<&str>) {}
+
+    /// Lets the transport report delivery failures back to the node
+    /// (snapshot status, unreachable peers). Called once, right after start.
+    fn attach(&self, _handle: &StoreHandle) {}
+}
+
+/// A boxed future of a forwarded proposal.
+pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send>>;
+
+/// Sends a proposal to the leader (a follower's [`StoreHandle::propose`]
+/// uses it). Resolves with the entry's index once applied on the leader.
+pub trait ProposeForwarder: Send + Sync + 'static {
+    fn forward(&self, leader: u64, batch: StoreBatch) -> ForwardFuture;
+}
+
+/// How a node starts.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Messages to peers; none for a single-node cluster.
+    pub transport: Option<Arc<dyn RaftTransport>>,
+    /// A follower's proposals go to the leader through this; without one a
+    /// follower answers [`ProposeError::NotLeader`].
+    pub forwarder: Option<Arc<dyn ProposeForwarder>>,
+    /// True: a state directory without Raft state becomes a new one-voter
+    /// cluster. False (joining): it starts with no configuration and waits
+    /// for the leader to add it (its log and configuration then arrive as a
+    /// snapshot).
+    pub join: bool,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("transport", &self.transport.is_some())
+            .field("forwarder", &self.forwarder.is_some())
+            .field("join", &self.join)
+            .finish()
+    }
+}
+
+/// Why a membership change or a linearizable read did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    #[error("raft-rs refused the configuration change: {0}")]
+    Refused(String),
+    #[error("learner {raft_id} did not catch up with the leader within {waited:?}")]
+    NotCaughtUp { raft_id: u64, waited: Duration },
+    #[error("no read index within {0:?} (no leader reachable?)")]
+    ReadTimeout(Duration),
 }
 
 /// Errors starting or running the Raft node.
@@ -169,6 +237,19 @@ pub(crate) enum Cmd {
         batch: StoreBatch,
         reply: ProposeReply,
     },
+    ConfChange {
+        cc: ::raft::prelude::ConfChangeV2,
+        reply: ProposeReply,
+    },
+    ReadIndex(oneshot::Sender<Result<u64, ProposeError>>),
+    /// The leader's view of how far `id` has replicated: (matched, commit).
+    Progress(u64, oneshot::Sender<Option<(u64, u64)>>),
+    SetPeers(BTreeMap<u64, String>),
+    ReportSnapshot {
+        to: u64,
+        ok: bool,
+    },
+    ReportUnreachable(u64),
     Step(Box<::raft::prelude::Message>),
     SnapshotNow(oneshot::Sender<Result<u64, RaftError>>),
     Shutdown(oneshot::Sender<()>),
@@ -181,6 +262,7 @@ pub(crate) struct Shared {
     status: Mutex<RaftStatus>,
     leader: AtomicBool,
     events: broadcast::Sender<Arc<Applied>>,
+    peers: Mutex<BTreeMap<u64, String>>,
 }
 
 /// A cloneable handle on the running Raft node and its store. The loop
@@ -189,8 +271,53 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct StoreHandle {
     shared: Arc<Shared>,
-    cmds: std::sync::mpsc::Sender<Cmd>,
+    cmds: Arc<std::sync::mpsc::Sender<Cmd>>,
+    forwarder: Option<Arc<dyn ProposeForwarder>>,
 }
+
+/// A handle that does not keep the loop alive (what a transport holds, so
+/// the node → transport → handle cycle does not leak the loop).
+#[derive(Clone)]
+pub struct WeakStoreHandle {
+    raft_id: u64,
+    cmds: Weak<std::sync::mpsc::Sender<Cmd>>,
+}
+
+impl std::fmt::Debug for WeakStoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakStoreHandle")
+            .field("raft_id", &self.raft_id)
+            .finish()
+    }
+}
+
+impl WeakStoreHandle {
+    pub fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    fn send(&self, cmd: Cmd) {
+        if let Some(tx) = self.cmds.upgrade() {
+            let _ = tx.send(cmd);
+        }
+    }
+
+    /// See [`StoreHandle::report_snapshot`].
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        self.send(Cmd::ReportSnapshot { to, ok });
+    }
+
+    /// See [`StoreHandle::report_unreachable`].
+    pub fn report_unreachable(&self, to: u64) {
+        self.send(Cmd::ReportUnreachable(to));
+    }
+}
+
+/// How long a proposal waits for a leader to be known (during an election)
+/// before answering [`ProposeError::NotLeader`].
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long a linearizable read waits for its read index.
+const READ_INDEX_WAIT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for StoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,19 +340,41 @@ impl StoreHandle {
         cfg: RaftConfig,
         transport: Option<Arc<dyn RaftTransport>>,
     ) -> Result<(StoreHandle, JoinHandle<()>), RaftError> {
+        Self::start_with(
+            cfg,
+            StartOptions {
+                transport,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts the node with a transport, a forwarder and the bootstrap
+    /// choice of `opts`.
+    pub async fn start_with(
+        cfg: RaftConfig,
+        opts: StartOptions,
+    ) -> Result<(StoreHandle, JoinHandle<()>), RaftError> {
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
+        let transport = opts.transport.clone();
+        let bootstrap = !opts.join;
         let join = tokio::task::spawn_blocking(move || {
-            node::run(cfg, transport, cmd_rx, ready_tx);
+            node::run(cfg, transport, bootstrap, cmd_rx, ready_tx);
         });
         match ready_rx.await {
-            Ok(Ok(shared)) => Ok((
-                StoreHandle {
+            Ok(Ok(shared)) => {
+                let handle = StoreHandle {
                     shared,
-                    cmds: cmd_tx,
-                },
-                join,
-            )),
+                    cmds: Arc::new(cmd_tx),
+                    forwarder: opts.forwarder,
+                };
+                if let Some(t) = &opts.transport {
+                    t.attach(&handle);
+                }
+                Ok((handle, join))
+            }
             Ok(Err(e)) => {
                 // Wait for the loop to release the database file.
                 let _ = join.await;
@@ -240,12 +389,256 @@ impl StoreHandle {
 
     /// Proposes `batch` as one Raft entry. Resolves with the entry's index
     /// once it is applied locally, or with why not.
+    ///
+    /// On a follower with a forwarder the batch goes to the leader (which
+    /// answers once applied there), then this waits until the entry is
+    /// applied locally too, so the caller reads its own write. While no
+    /// leader is known (an election) it retries for up to 5 s. Without a
+    /// forwarder a follower answers [`ProposeError::NotLeader`].
     pub async fn propose(&self, batch: StoreBatch) -> Result<u64, ProposeError> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            let r = self.propose_local(batch.clone()).await;
+            let Some(f) = &self.forwarder else {
+                return r;
+            };
+            match r {
+                Err(ProposeError::NotLeader {
+                    leader_id: Some(leader),
+                    ..
+                }) => match f.forward(leader, batch.clone()).await {
+                    Ok(index) => {
+                        self.wait_applied(index, LEADER_WAIT).await;
+                        return Ok(index);
+                    }
+                    // The leader changed (or is unreachable): ask again.
+                    Err(ProposeError::NotLeader { .. } | ProposeError::Dropped(_))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(ProposeError::NotLeader {
+                    leader_id: None, ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Proposes on this node only: [`ProposeError::NotLeader`] on a
+    /// follower (what a leader serving a forwarded proposal uses).
+    pub async fn propose_local(&self, batch: StoreBatch) -> Result<u64, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Propose { batch, reply })
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Waits until the local store applied `index` (or `limit` passes);
+    /// returns whether it did.
+    pub async fn wait_applied(&self, index: u64, limit: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.read(|s| s.applied_index()) >= index {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // Raft's own entries are not broadcast: wake up now and then.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), rx.recv()).await;
+        }
+    }
+
+    /// Linearizable read barrier (Raft's ReadIndex): returns once this
+    /// node's store has applied everything committed cluster-wide when the
+    /// call was made, so a [`StoreHandle::read`] after it sees every write
+    /// acknowledged before it. Works on followers (raft-rs asks the leader).
+    pub async fn read_index(&self) -> Result<u64, MembershipError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::ReadIndex(tx))
+            .map_err(|_| ProposeError::Stopped)?;
+        let index = match tokio::time::timeout(READ_INDEX_WAIT, rx).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(ProposeError::Stopped.into()),
+            Err(_) => return Err(MembershipError::ReadTimeout(READ_INDEX_WAIT)),
+        };
+        if !self.wait_applied(index, READ_INDEX_WAIT).await {
+            return Err(MembershipError::ReadTimeout(READ_INDEX_WAIT));
+        }
+        Ok(index)
+    }
+
+    /// [`StoreHandle::read_index`] then [`StoreHandle::read`].
+    pub async fn linearizable_read<R>(
+        &self,
+        f: impl FnOnce(&Store) -> R,
+    ) -> Result<R, MembershipError> {
+        self.read_index().await?;
+        Ok(self.read(f))
+    }
+
+    async fn conf_change(&self, cc: ::raft::prelude::ConfChangeV2) -> Result<u64, MembershipError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::ConfChange { cc, reply })
+            .map_err(|_| ProposeError::Stopped)?;
+        match rx.await.map_err(|_| ProposeError::Stopped)? {
+            Ok(i) => Ok(i),
+            Err(ProposeError::Dropped(m)) => Err(MembershipError::Refused(m)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn single_change(
+        id: u64,
+        kind: ::raft::prelude::ConfChangeType,
+        addr: Option<&str>,
+    ) -> ::raft::prelude::ConfChangeV2 {
+        let mut single = ::raft::prelude::ConfChangeSingle {
+            node_id: id,
+            ..Default::default()
+        };
+        single.set_change_type(kind);
+        let mut cc = ::raft::prelude::ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        // The context carries the member's address to every manager.
+        cc.context = addr.unwrap_or_default().as_bytes().to_vec().into();
+        cc
+    }
+
+    /// Leader only: adds `id` (reachable at `addr`) as a learner. Resolves
+    /// once applied. The leader snapshots and compacts right when it
+    /// applies the change (in the same Ready, before any message reaches
+    /// the new member), so the member starts from a snapshot that carries
+    /// the configuration including itself — the log's first entries do
+    /// not carry the bootstrap configuration.
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<u64, MembershipError> {
+        self.conf_change(Self::single_change(
+            id,
+            ::raft::prelude::ConfChangeType::AddLearnerNode,
+            Some(addr),
+        ))
+        .await
+    }
+
+    /// Leader only: makes learner (or new node) `id` a voter.
+    pub async fn promote(&self, id: u64, addr: &str) -> Result<u64, MembershipError> {
+        self.conf_change(Self::single_change(
+            id,
+            ::raft::prelude::ConfChangeType::AddNode,
+            Some(addr),
+        ))
+        .await
+    }
+
+    /// Leader only: removes `id` from the configuration.
+    pub async fn remove_member(&self, id: u64) -> Result<u64, MembershipError> {
+        self.conf_change(Self::single_change(
+            id,
+            ::raft::prelude::ConfChangeType::RemoveNode,
+            None,
+        ))
+        .await
+    }
+
+    /// Leader only: the safe way to add a voter: as a learner first, then,
+    /// once it has replicated up to the leader's commit index, promoted.
+    /// `limit` bounds the wait for catching up.
+    pub async fn add_voter(
+        &self,
+        id: u64,
+        addr: &str,
+        limit: Duration,
+    ) -> Result<u64, MembershipError> {
+        let is_member = {
+            let st = self.status();
+            (st.voters.contains(&id), st.learners.contains(&id))
+        };
+        match is_member {
+            (true, _) => return Ok(self.status().applied),
+            (false, false) => {
+                self.add_learner(id, addr).await?;
+            }
+            (false, true) => {}
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.cmds
+                .send(Cmd::Progress(id, tx))
+                .map_err(|_| ProposeError::Stopped)?;
+            match rx.await.map_err(|_| ProposeError::Stopped)? {
+                Some((matched, commit)) if matched >= commit => break,
+                None if !self.is_leader() => {
+                    return Err(ProposeError::NotLeader {
+                        raft_id: self.raft_id(),
+                        leader_id: Some(self.status().leader_id).filter(|l| *l != 0),
+                    }
+                    .into())
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(MembershipError::NotCaughtUp {
+                    raft_id: id,
+                    waited: limit,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.promote(id, addr).await
+    }
+
+    /// The known addresses of the other managers (raft id → `host:port`).
+    pub fn peers(&self) -> BTreeMap<u64, String> {
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records addresses (e.g. from a join answer, or this node's own
+    /// advertised address); persisted and handed to the transport.
+    pub fn set_peers(&self, peers: BTreeMap<u64, String>) -> Result<(), RaftError> {
+        self.cmds
+            .send(Cmd::SetPeers(peers))
+            .map_err(|_| RaftError::Stopped)
+    }
+
+    /// The leader's address if known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.status().leader_id;
+        (leader != 0).then(|| self.peers().get(&leader).cloned())?
+    }
+
+    /// A handle that does not keep the node running.
+    pub fn downgrade(&self) -> WeakStoreHandle {
+        WeakStoreHandle {
+            raft_id: self.shared.raft_id,
+            cmds: Arc::downgrade(&self.cmds),
+        }
+    }
+
+    /// Tells raft-rs whether a snapshot sent to `to` arrived (the
+    /// transport calls this).
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.cmds.send(Cmd::ReportSnapshot { to, ok });
+    }
+
+    /// Tells raft-rs that `to` could not be reached (the transport calls
+    /// this), so the leader probes it instead of streaming.
+    pub fn report_unreachable(&self, to: u64) {
+        let _ = self.cmds.send(Cmd::ReportUnreachable(to));
     }
 
     /// Runs `f` against the applied state under a read lock. Never hold

@@ -9,16 +9,16 @@
 //! depends on unpersisted state, and never keep going after a storage error
 //! (raft-rs's contract: the node becomes inoperable).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use ::raft::prelude::{
-    ConfChange, ConfChangeV2, Config, Entry, EntryType, Message, RawNode, Snapshot,
+    ConfChange, ConfChangeType, ConfChangeV2, Config, Entry, EntryType, Message, RawNode, Snapshot,
 };
-use ::raft::{StateRole, Storage};
+use ::raft::{SnapshotStatus, StateRole, Storage};
 use flotilla_proto::v1::{StoreBatch, StoreSnapshot};
 use prost::Message as _;
 use protobuf::Message as PbMessage;
@@ -44,10 +44,14 @@ struct Node {
     incarnation: u64,
     next_seq: u64,
     pending: HashMap<u64, ProposeReply>,
+    /// ReadIndex requests waiting for their read state, by context.
+    reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
     /// Answers held until the status is published, so a caller that got
     /// its answer sees a status at least as new.
     outbox: Vec<Answer>,
     was_leader: bool,
+    /// A member was added: snapshot before the next message goes out.
+    snapshot_for_new_member: bool,
 }
 
 enum Answer {
@@ -63,10 +67,11 @@ enum Answer {
 pub(crate) fn run(
     cfg: RaftConfig,
     transport: Option<Arc<dyn RaftTransport>>,
+    bootstrap: bool,
     cmds: Receiver<Cmd>,
     ready: ReadyTx,
 ) {
-    let node = match Node::open(&cfg, transport) {
+    let node = match Node::open(&cfg, transport, bootstrap) {
         Ok(n) => n,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -89,8 +94,15 @@ impl Node {
     fn open(
         cfg: &RaftConfig,
         transport: Option<Arc<dyn RaftTransport>>,
+        bootstrap: bool,
     ) -> Result<Self, RaftError> {
-        let storage = RedbStorage::open(&cfg.state_dir, true)?;
+        let storage = RedbStorage::open(&cfg.state_dir, bootstrap)?;
+        let peers = storage.peers()?;
+        if let Some(t) = &transport {
+            for (id, addr) in &peers {
+                t.set_peer(*id, Some(addr));
+            }
+        }
         let raft_id = storage.raft_id();
         let snap = storage.load_snapshot()?;
         let snap_index = snap.get_metadata().index;
@@ -137,6 +149,7 @@ impl Node {
             status: Mutex::new(RaftStatus::default()),
             leader: Default::default(),
             events,
+            peers: Mutex::new(peers),
         });
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
         Ok(Node {
@@ -147,8 +160,10 @@ impl Node {
             incarnation: hi ^ lo,
             next_seq: 1,
             pending: HashMap::new(),
+            reads: HashMap::new(),
             outbox: Vec::new(),
             was_leader: false,
+            snapshot_for_new_member: false,
         })
     }
 
@@ -202,6 +217,9 @@ impl Node {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Stopped));
         }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.send(Err(ProposeError::Stopped));
+        }
         drop(self);
         shutdown
     }
@@ -231,6 +249,35 @@ impl Node {
     fn handle(&mut self, cmd: Cmd, shutdown: &mut Option<oneshot::Sender<()>>) -> bool {
         match cmd {
             Cmd::Propose { batch, reply } => self.propose(batch, reply),
+            Cmd::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
+            Cmd::ReadIndex(reply) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.reads.insert(seq, reply);
+                self.raw.read_index(self.context(seq));
+            }
+            Cmd::Progress(id, reply) => {
+                let p = if self.raw.raft.state == StateRole::Leader {
+                    self.raw
+                        .raft
+                        .prs()
+                        .get(id)
+                        .map(|pr| (pr.matched, self.raw.raft.raft_log.committed))
+                } else {
+                    None
+                };
+                let _ = reply.send(p);
+            }
+            Cmd::SetPeers(peers) => self.set_peers(peers),
+            Cmd::ReportSnapshot { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Cmd::ReportUnreachable(to) => self.raw.report_unreachable(to),
             Cmd::Step(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(
@@ -262,9 +309,7 @@ impl Node {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut context = Vec::with_capacity(16);
-        context.extend_from_slice(&self.incarnation.to_be_bytes());
-        context.extend_from_slice(&seq.to_be_bytes());
+        let context = self.context(seq);
         match self.raw.propose(context, batch.encode_to_vec()) {
             Ok(()) => {
                 self.pending.insert(seq, reply);
@@ -275,6 +320,64 @@ impl Node {
         }
     }
 
+    /// Context of a proposal or read: this run's incarnation and a
+    /// sequence number.
+    fn context(&self, seq: u64) -> Vec<u8> {
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&self.incarnation.to_be_bytes());
+        context.extend_from_slice(&seq.to_be_bytes());
+        context
+    }
+
+    fn propose_conf_change(&mut self, cc: ConfChangeV2, reply: ProposeReply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let leader = self.raw.raft.leader_id;
+            let _ = reply.send(Err(ProposeError::NotLeader {
+                raft_id: self.shared.raft_id,
+                leader_id: (leader != 0).then_some(leader),
+            }));
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // The entry's context identifies the proposal; the address rides
+        // in the conf change's own context.
+        match self.raw.propose_conf_change(self.context(seq), cc) {
+            Ok(()) => {
+                self.pending.insert(seq, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ProposeError::Dropped(e.to_string())));
+            }
+        }
+    }
+
+    fn set_peers(&mut self, new: BTreeMap<u64, String>) {
+        let mut peers = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (id, addr) in new {
+            if let Some(t) = &self.transport {
+                t.set_peer(id, Some(&addr));
+            }
+            peers.insert(id, addr);
+        }
+        self.store_peers(peers);
+    }
+
+    fn store_peers(&mut self, peers: BTreeMap<u64, String>) {
+        if let Err(e) = self.raw.mut_store().set_peers(&peers) {
+            tracing::error!(
+                raft_id = self.shared.raft_id,
+                "persisting peer addresses: {e}"
+            );
+        }
+        *self.shared.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
     fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
             let Some(t) = &self.transport else {
@@ -282,6 +385,9 @@ impl Node {
                 continue;
             };
             match m.write_to_bytes() {
+                Ok(bytes) if m.get_msg_type() == ::raft::prelude::MessageType::MsgSnapshot => {
+                    t.send_snapshot(m.to, bytes)
+                }
                 Ok(bytes) => t.send(m.to, bytes),
                 Err(e) => tracing::error!(to = m.to, "encoding a raft message: {e}"),
             }
@@ -299,6 +405,13 @@ impl Node {
         }
         // A leader may send these before persisting (raft-rs's contract).
         self.send(ready.take_messages());
+        for rs in ready.take_read_states() {
+            if let Some((_, seq)) = split_context(rs.request_ctx.as_ref()) {
+                if let Some(reply) = self.reads.remove(&seq) {
+                    let _ = reply.send(Ok(rs.index));
+                }
+            }
+        }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.install_snapshot(&snap)?;
@@ -409,9 +522,7 @@ impl Node {
     }
 
     fn take_reply(&mut self, context: &[u8]) -> Option<ProposeReply> {
-        let (inc, seq) = context.split_at_checked(8)?;
-        let inc = u64::from_be_bytes(inc.try_into().ok()?);
-        let seq = u64::from_be_bytes(seq.try_into().ok()?);
+        let (inc, seq) = split_context(context)?;
         if inc != self.incarnation {
             return None;
         }
@@ -436,25 +547,90 @@ impl Node {
             what: "conf change entry",
             message: e.to_string(),
         };
-        let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
+        let (cs, changes) = if entry.get_entry_type() == EntryType::EntryConfChange {
             let cc = ConfChange::parse_from_bytes(entry.data.as_ref()).map_err(corrupt)?;
-            self.raw.apply_conf_change(&cc)
+            let change = (cc.node_id, cc.get_change_type(), cc.context.to_vec());
+            (self.raw.apply_conf_change(&cc), vec![change])
         } else {
             let cc = ConfChangeV2::parse_from_bytes(entry.data.as_ref()).map_err(corrupt)?;
-            self.raw.apply_conf_change(&cc)
+            let changes = cc
+                .get_changes()
+                .iter()
+                .map(|c| (c.node_id, c.get_change_type(), cc.context.to_vec()))
+                .collect();
+            (self.raw.apply_conf_change(&cc), changes)
         };
+        let reply = self.take_reply(entry.context.as_ref());
         match cs {
-            Ok(cs) => self.raw.mut_store().set_conf_state(cs)?,
+            Ok(cs) => {
+                let old = self.raw.store().conf_state();
+                let added = cs
+                    .voters
+                    .iter()
+                    .chain(&cs.learners)
+                    .any(|id| !old.voters.contains(id) && !old.learners.contains(id));
+                if added && self.raw.raft.state == StateRole::Leader {
+                    self.snapshot_for_new_member = true;
+                }
+                self.raw.mut_store().set_conf_state(cs)?;
+                self.learn_addresses(changes);
+                if let Some(r) = reply {
+                    self.outbox.push(Answer::Propose(r, Ok(index)));
+                }
+            }
             // An invalid change is refused identically on every node.
-            Err(e) => tracing::warn!(index, "conf change refused: {e}"),
+            Err(e) => {
+                tracing::warn!(index, "conf change refused: {e}");
+                if let Some(r) = reply {
+                    self.outbox.push(Answer::Propose(
+                        r,
+                        Err(ProposeError::Dropped(e.to_string())),
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Records the addresses conf changes carry (and forgets removed
+    /// members), so every manager can reach every other.
+    fn learn_addresses(&mut self, changes: Vec<(u64, ConfChangeType, Vec<u8>)>) {
+        let mut peers = self
+            .shared
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (id, kind, ctx) in changes {
+            match kind {
+                ConfChangeType::RemoveNode => {
+                    peers.remove(&id);
+                    if let Some(t) = &self.transport {
+                        t.set_peer(id, None);
+                    }
+                }
+                _ => {
+                    let Ok(addr) = String::from_utf8(ctx) else {
+                        continue;
+                    };
+                    if addr.is_empty() {
+                        continue;
+                    }
+                    if let Some(t) = &self.transport {
+                        t.set_peer(id, Some(&addr));
+                    }
+                    peers.insert(id, addr);
+                }
+            }
+        }
+        self.store_peers(peers);
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
         let last = self.raw.store().snapshot_metadata().index;
         let due = self.snapshot_every > 0 && self.applied() >= last + self.snapshot_every;
-        if due || self.raw.store().take_snapshot_request() {
+        let for_member = std::mem::take(&mut self.snapshot_for_new_member);
+        if due || for_member || self.raw.store().take_snapshot_request() {
             self.take_snapshot()?;
         }
         Ok(())
@@ -508,7 +684,17 @@ impl Node {
             first_log_index: store.first_log_index(),
             last_log_index: store.last_log_index(),
             voters: store.conf_state().voters.clone(),
+            learners: store.conf_state().learners.clone(),
         };
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
+}
+
+/// (incarnation, sequence) of a proposal or read context.
+fn split_context(context: &[u8]) -> Option<(u64, u64)> {
+    let (inc, seq) = context.split_at_checked(8)?;
+    Some((
+        u64::from_be_bytes(inc.try_into().ok()?),
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
 }

@@ -20,6 +20,7 @@
 //! calling process (the shim owns it, so the caller may die at any time).
 
 mod devices;
+mod exec;
 mod init;
 mod rootfs;
 mod seccomp;
@@ -38,6 +39,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
 use crate::shim::protocol::{self, CallError, Request, Response, ShimConfig, ShimStatus};
+pub(crate) use exec::helper_main as exec_helper_main;
+pub use exec::{exit_code_of, ExecError, ExecOutput, ExecSpec, EXEC_KILLED, EXEC_START_FAILED};
 pub use rootfs::is_mounted;
 
 /// How long `create` waits for the shim's ready report.

@@ -235,8 +235,25 @@ pub fn legacy_iptables_tables() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `delete rule` commands for every rule in `table inet flotilla` whose
+/// comment is exactly `comment` (for [`super::nat`]'s per-agent rules).
+pub(crate) fn delete_commented(comment: &str) -> Result<String, NetError> {
+    let ruleset = Ruleset::read()?;
+    Ok(ruleset
+        .rules
+        .iter()
+        .filter(|r| r.family == "inet" && r.table == TABLE && r.comment.as_deref() == Some(comment))
+        .map(|r| r.delete_cmd())
+        .collect())
+}
+
+/// Serialises a read-then-delete cycle of this process (see [`LOCK`]).
+pub(crate) fn ruleset_lock() -> std::sync::MutexGuard<'static, ()> {
+    lock()
+}
+
 /// Runs `nft -f -` with `script` on stdin: one atomic transaction.
-fn nft_script(op: &str, script: &str) -> Result<(), NetError> {
+pub(crate) fn nft_script(op: &str, script: &str) -> Result<(), NetError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

@@ -166,15 +166,27 @@ impl Netlink {
             .await
             .map_err(|e| NetError::netlink("setting bridge up", name, e))?;
 
-        let addresses: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetError::netlink("listing addresses of bridge", name, e))?;
+        // A dump is interrupted (EBUSY) when any address on the host changes
+        // meanwhile, e.g. another network being set up: read it again.
+        let mut attempt = 0;
+        let addresses: Vec<_> = loop {
+            let r: Result<Vec<_>, _> = self
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await;
+            match r {
+                Ok(a) => break a,
+                Err(e) if errno_of(&e) == Some(libc::EBUSY) && attempt < 10 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+                }
+                Err(e) => return Err(NetError::netlink("listing addresses of bridge", name, e)),
+            }
+        };
         let mut have = false;
         for msg in addresses {
             let v4 = msg.attributes.iter().find_map(|a| match a {

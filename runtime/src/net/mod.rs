@@ -1,7 +1,7 @@
 //! Network primitives the agent composes into per-stack networks: network
 //! namespaces ([`netns`]), bridges and veth pairs over rtnetlink
 //! ([`Netlink`]), and nftables rules for forwarding and outbound NAT
-//! ([`firewall`]).
+//! ([`firewall`]), and DNAT for published ports and service VIPs ([`nat`]).
 //!
 //! What it must never do: choose addresses (the manager allocates every
 //! subnet, gateway, address and MAC and hands them in), know about stacks,
@@ -13,6 +13,7 @@
 
 pub mod firewall;
 mod link;
+pub mod nat;
 pub mod netns;
 
 use std::net::Ipv4Addr;

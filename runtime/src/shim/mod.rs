@@ -59,6 +59,7 @@ pub fn main(args: Vec<String>) -> i32 {
         .collect();
     match rest.as_slice() {
         ["run", dir] => run(Path::new(dir)),
+        ["exec", dir, request] => crate::container::exec_helper_main(Path::new(dir), request),
         _ => {
             eprintln!("usage: <exe> shim run <container dir>");
             2

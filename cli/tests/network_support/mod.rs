@@ -1,0 +1,158 @@
+//! Helpers of the network tests: a client network namespace joined to the
+//! host by a veth pair, with addresses the test chooses.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace joined to the host by a veth pair:
+/// host side `host_ip/30`, namespace side `client_ip/30`, default route
+/// through the host. Removed on drop.
+pub struct ClientNs {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub client_ip: Ipv4Addr,
+}
+
+impl ClientNs {
+    pub fn new(tag: &str, base: Ipv4Addr) -> ClientNs {
+        let name = format!("{tag}c");
+        let host_if = format!("{tag}h");
+        let peer_if = format!("{tag}p");
+        let o = base.octets();
+        let host_ip = Ipv4Addr::new(o[0], o[1], o[2], o[3] + 1);
+        let client_ip = Ipv4Addr::new(o[0], o[1], o[2], o[3] + 2);
+        // Leftovers of a killed run with the same name go first.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let ns = ClientNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip,
+            client_ip,
+        };
+        sh(&["ip", "netns", "add", &name]);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        sh(&["ip", "link", "set", &peer_if, "netns", &name]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut full = vec!["ip", "netns", "exec", name.as_str()];
+            full.extend_from_slice(args);
+            sh(&full);
+        };
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{client_ip}/30"),
+            "dev",
+            &peer_if,
+        ]);
+        in_ns(&["ip", "link", "set", &peer_if, "up"]);
+        in_ns(&["ip", "link", "set", "lo", "up"]);
+        in_ns(&["ip", "route", "add", "default", "via", &host_ip.to_string()]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(self.path()).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A tiny HTTP server inside a [`ClientNs`]: answers every request with
+/// `200 ok`, until dropped.
+pub struct NsServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsServer {
+    pub fn start(ns: &ClientNs, port: u16) -> NsServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = ns.path();
+        let addr = std::net::SocketAddrV4::new(ns.client_ip, port);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(path).unwrap();
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !flag.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        NsServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Service VIPs end to end: connections from a container to a service's
+//! VIP spread over all its replicas, and stop going to a replica that died,
+//! through the DNAT table the agent keeps in the client container's own
+//! namespace. Needs root.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const COMPOSE: &str = r#"
+services:
+  store:
+    image: flotilla-demo:test
+    command: ["store"]
+    restart: "no"
+    deploy:
+      replicas: 3
+  client:
+    image: flotilla-demo:test
+    command: ["sleep"]
+"#;
+
+fn write_project(dir: &Path, body: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("compose.yaml"), body).unwrap();
+}
+
+/// The VIP whose DNAT map has `n` backends, from the container's table.
+fn vip_with_backends(pid: i64, n: usize) -> Option<String> {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "flotilla-vip",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("ip daddr ")?;
+        let (vip, tail) = rest.split_once(' ')?;
+        tail.contains(&format!("mod {n} map"))
+            .then(|| vip.to_string())
+    })
+}
+
+#[test]
+fn vip_spreads_connections_over_three_replicas() {
+    require_root!();
+    let mut d = Daemon::new();
+    d.start();
+    d.import_demo_image();
+    let project = format!("nv{}", d.name);
+    let dir = d.root.path().join(&project);
+    write_project(&dir, COMPOSE);
+    d.ok(&dir, &["up", "-d"]);
+    let rows = d.ps(&dir, &project);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let client = rows
+        .iter()
+        .find(|r| r["Service"] == "client")
+        .and_then(|r| r["Pid"].as_i64())
+        .unwrap();
+    let stores: Vec<i64> = rows
+        .iter()
+        .filter(|r| r["Service"] == "store")
+        .filter_map(|r| r["Pid"].as_i64())
+        .collect();
+    assert_eq!(stores.len(), 3);
+
+    let vip = eventually(Duration::from_secs(20), || vip_with_backends(client, 3));
+    let Some(vip) = vip else {
+        panic!(
+            "no VIP with 3 backends in the client's namespace\n{}",
+            d.daemon_log()
+        );
+    };
+    // Every replica answers through the VIP (each keeps its own counter).
+    let total = 30;
+    for i in 0..total {
+        let out = in_container(
+            client,
+            &["/demo", "post", &format!("http://{vip}:6000/incr/hits")],
+        );
+        assert!(
+            out.status.success(),
+            "request {i} to VIP {vip}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut counts = Vec::new();
+    for pid in &stores {
+        let out = in_container(*pid, &["/demo", "get", "http://127.0.0.1:6000/kv/hits"]);
+        let n: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        counts.push(n);
+    }
+    assert_eq!(counts.iter().sum::<u32>(), total, "{counts:?}");
+    assert!(
+        counts.iter().all(|c| *c > 0),
+        "connections not spread over all replicas: {counts:?}"
+    );
+
+    // A replica that dies leaves the VIP: every request still succeeds.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stores[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let two = eventually(Duration::from_secs(20), || vip_with_backends(client, 2));
+    assert_eq!(two.as_deref(), Some(vip.as_str()), "{}", d.daemon_log());
+    for i in 0..10 {
+        let out = in_container(
+            client,
+            &["/demo", "get", &format!("http://{vip}:6000/health")],
+        );
+        assert!(
+            out.status.success(),
+            "request {i} after a replica died: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    d.ok(&dir, &["down"]);
+}
