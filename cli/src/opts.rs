@@ -111,6 +111,20 @@ pub enum Command {
     Exec(crate::cmd::lifecycle::ExecArgs),
     /// Stream the stack's container events.
     Events(crate::cmd::lifecycle::EventsArgs),
+    /// Set the number of containers of services (SERVICE=N ...).
+    Scale(ScaleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    /// Don't start linked services.
+    #[arg(long)]
+    pub no_deps: bool,
+    /// SERVICE=REPLICAS pairs.
+    #[arg(required = true)]
+    pub pairs: Vec<String>,
 }
 
 /// `-f FILE` accepted after the command too.
@@ -143,6 +157,9 @@ pub struct UpArgs {
     /// Don't start linked services.
     #[arg(long)]
     pub no_deps: bool,
+    /// Scale SERVICE to NUM containers (overrides `scale`/`deploy.replicas`).
+    #[arg(long = "scale", value_name = "SERVICE=NUM")]
+    pub scale: Vec<String>,
     /// Services to start (default: all).
     pub services: Vec<String>,
 }

@@ -26,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Down(a) => a.file.files.clone(),
         Command::Ps(a) => a.file.files.clone(),
         Command::Config(a) => a.file.files.clone(),
+        Command::Scale(a) => a.file.files.clone(),
         _ => Vec::new(),
     };
     if !extra.is_empty() {
@@ -59,6 +60,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Kill(a) => lifecycle::kill(g, a).await,
         Command::Exec(a) => lifecycle::exec(g, a).await,
         Command::Events(a) => lifecycle::events(g, a).await,
+        Command::Scale(a) => up::scale(g, a).await,
     }
 }
 

@@ -18,6 +18,7 @@ pub async fn run(g: &Global, a: &UpArgs) -> Result<i32> {
         }
     }
     let mut spec = project.spec.clone();
+    let scale = parse_scale(&a.scale, &spec)?;
     let mut ctl = client::connect_or_start(g).await?;
 
     pin_images(&mut ctl, &mut spec).await?;
@@ -29,6 +30,7 @@ pub async fn run(g: &Global, a: &UpArgs) -> Result<i32> {
             no_deps: a.no_deps,
             remove_orphans: a.remove_orphans,
             force_recreate: a.force_recreate,
+            scale: scale.clone().into_iter().collect(),
             ..Default::default()
         })
         .await
@@ -39,6 +41,7 @@ pub async fn run(g: &Global, a: &UpArgs) -> Result<i32> {
     } else {
         a.services.iter().cloned().collect()
     };
+    let wanted = replica_counts(&spec, &wanted, &scale);
     let code = wait_running(
         &mut ctl,
         &spec.name,
@@ -114,7 +117,7 @@ async fn pin_images(ctl: &mut Control, spec: &mut pb::StackSpec) -> Result<()> {
 async fn wait_running(
     ctl: &mut Control,
     stack: &str,
-    wanted: &BTreeSet<String>,
+    wanted: &BTreeMap<String, usize>,
     timeout: Duration,
 ) -> Result<i32> {
     let mut events = ctl
@@ -169,15 +172,10 @@ async fn wait_running(
             bail!("service {} failed to start: {why}", task.service_name);
         }
         latest.insert(key, task);
-        let done = wanted.iter().all(|svc| {
+        let done = wanted.iter().all(|(svc, want)| {
             let tasks: Vec<&pb::Task> =
                 latest.values().filter(|t| &t.service_name == svc).collect();
-            let want = tasks
-                .first()
-                .and_then(|t| t.spec.as_ref())
-                .and_then(|s| s.replicas)
-                .unwrap_or(1) as usize;
-            tasks.len() >= want
+            tasks.len() >= *want
                 && tasks.iter().all(|t| {
                     matches!(
                         t.status.as_ref().map(|s| s.state()),
@@ -242,4 +240,68 @@ async fn attach(g: &Global, ctl: &mut Control, spec: &pb::StackSpec) -> Result<i
     .await
     .map_err(|s| client::status_err("stopping the stack", s))?;
     Ok(130)
+}
+
+/// Parses `SERVICE=N` pairs, checking each service exists in the file.
+fn parse_scale(pairs: &[String], spec: &pb::StackSpec) -> Result<BTreeMap<String, u32>> {
+    let mut out = BTreeMap::new();
+    for p in pairs {
+        let Some((svc, n)) = p.split_once('=') else {
+            bail!("invalid scale {p:?}: expected SERVICE=NUM");
+        };
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("invalid scale {p:?}: {n:?} is not a number"))?;
+        if !spec.services.iter().any(|s| s.name == svc) {
+            bail!("no such service: {svc}");
+        }
+        out.insert(svc.to_string(), n);
+    }
+    Ok(out)
+}
+
+/// `flotilla scale SERVICE=N...`: a deploy of those services from the file
+/// with the new replica counts (desired state through the manager), then
+/// waiting until they run.
+pub async fn scale(g: &Global, a: &crate::opts::ScaleArgs) -> Result<i32> {
+    let project = super::load_project(g, &[])?;
+    let mut spec = project.spec.clone();
+    let scale = parse_scale(&a.pairs, &spec)?;
+    let mut ctl = client::connect(g).await?;
+    pin_images(&mut ctl, &mut spec).await?;
+    let services: Vec<String> = scale.keys().cloned().collect();
+    ctl.deploy_stack(pb::DeployStackRequest {
+        spec: Some(spec.clone()),
+        services: services.clone(),
+        no_deps: a.no_deps,
+        scale: scale.clone().into_iter().collect(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| client::status_err(&format!("scaling stack {}", spec.name), s))?;
+    let wanted: BTreeSet<String> = services.into_iter().collect();
+    let wanted = replica_counts(&spec, &wanted, &scale);
+    wait_running(&mut ctl, &spec.name, &wanted, Duration::from_secs(120)).await
+}
+
+/// How many running tasks each wanted service should end up with: the
+/// `--scale`/`scale` value, else the file's replicas (1 by default).
+fn replica_counts(
+    spec: &pb::StackSpec,
+    wanted: &BTreeSet<String>,
+    scale: &BTreeMap<String, u32>,
+) -> BTreeMap<String, usize> {
+    wanted
+        .iter()
+        .map(|svc| {
+            let n = scale.get(svc).copied().unwrap_or_else(|| {
+                spec.services
+                    .iter()
+                    .find(|s| &s.name == svc)
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1)
+            });
+            (svc.clone(), n as usize)
+        })
+        .collect()
 }
