@@ -596,8 +596,9 @@ impl Executor {
             .filter_map(|a| self.networks.get(&a.network_id).cloned())
             .collect();
         for n in &networks {
-            self.live_networks
-                .insert(n.id.clone(), network::bridge_name(&n.id, Some(n)));
+            if let Ok(b) = network::bridge_name(n) {
+                self.live_networks.insert(n.id.clone(), b.to_string());
+            }
         }
         let services = self.services.clone();
         let ctx = self.op_context();

@@ -18,18 +18,16 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// The bridge for a network: the manager's choice, else derived from the id
-/// (a network the manager already deleted).
-pub fn bridge_name(id: &str, net: Option<&pb::Network>) -> String {
-    match net {
-        Some(n) if !n.bridge.is_empty() => n.bridge.clone(),
-        _ => {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            id.hash(&mut h);
-            format!("flt-{:010x}", h.finish() & 0xff_ffff_ffff)
-        }
+/// The bridge of a network on this node: always the manager's choice (IPAM
+/// names it), so every node and every restart of the agent agree.
+pub fn bridge_name(net: &pb::Network) -> Result<&str, String> {
+    if net.bridge.is_empty() {
+        return Err(format!(
+            "network {} has no bridge name from the manager",
+            net.id
+        ));
     }
+    Ok(&net.bridge)
 }
 
 /// Creates the task's network namespace and attaches it to each of its
@@ -72,7 +70,7 @@ async fn attach_networks(
         let Some(addr) = att.addresses.first() else {
             return Err(format!("no address allocated on network {}", net.id));
         };
-        let bridge = bridge_name(&net.id, Some(net));
+        let bridge = bridge_name(net)?.to_string();
         let prefix = net.subnet.split('/').nth(1).unwrap_or("24");
         ctx.netlink
             .ensure_bridge(&bridge, &format!("{}/{prefix}", net.gateway), None)

@@ -9,39 +9,15 @@ use flotilla_runtime::container::{
     ContainerSpec, ExecError, ExecSpec, Runtime, RuntimeConfig, EXEC_KILLED, EXEC_START_FAILED,
 };
 
-fn shim_exe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let shim = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/shim");
-    assert!(
-        shim.exists(),
-        "{} is missing: build the shim example",
-        shim.display()
-    );
-    shim
-}
+mod common;
+use common::shim_exe;
 
+/// The shared busybox layer plus the directories these tests write to.
 fn busybox_layer(dir: &Path) -> PathBuf {
-    let root = dir.join("layer");
-    for d in ["bin", "etc", "tmp", "work"] {
+    let root = common::busybox_layer(dir);
+    for d in ["etc", "tmp", "work"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "echo", "sleep", "cat", "id", "pwd", "env", "ls", "readlink",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
     root
 }
 
