@@ -13,9 +13,11 @@
 pub mod controller;
 pub mod executor;
 pub mod health;
+pub mod image_verbs;
 pub mod images;
 pub mod network;
 pub mod node_service;
+pub mod ops;
 pub mod process;
 pub mod session;
 pub mod signals;

@@ -22,6 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+/// A server stream the agent answers with.
+pub type OutStream<T> = ReceiverStream<Result<T, Status>>;
+
 /// Tasks this node knows, by id, for labelling log lines.
 pub type KnownTasks = Arc<Mutex<HashMap<String, pb::Task>>>;
 
@@ -332,5 +335,111 @@ impl NodeAgent for NodeService {
         Ok(Response::new(pb::KillResponse {
             task_ids: signalled,
         }))
+    }
+
+    type ExecStreamStream = OutStream<pb::ExecOutput>;
+
+    async fn exec_stream(
+        &self,
+        req: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStreamStream>, Status> {
+        crate::ops::exec_stream(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn top(&self, req: Request<pb::TopRequest>) -> Result<Response<pb::TopResponse>, Status> {
+        crate::ops::top(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        crate::ops::stats(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type CopyFromContainerStream = OutStream<pb::CopyChunk>;
+
+    async fn copy_from_container(
+        &self,
+        req: Request<pb::CopyRequest>,
+    ) -> Result<Response<Self::CopyFromContainerStream>, Status> {
+        crate::ops::copy_from(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn copy_to_container(
+        &self,
+        req: Request<Streaming<pb::CopyChunk>>,
+    ) -> Result<Response<pb::CopyResponse>, Status> {
+        crate::ops::copy_to(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PullImageStream = OutStream<pb::ImageProgress>;
+
+    async fn pull_image(
+        &self,
+        req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        crate::image_verbs::pull(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PushImageStream = OutStream<pb::ImageProgress>;
+
+    async fn push_image(
+        &self,
+        req: Request<pb::PushImageRequest>,
+    ) -> Result<Response<Self::PushImageStream>, Status> {
+        crate::image_verbs::push(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type SaveImageStream = OutStream<pb::ImageArchiveChunk>;
+
+    async fn save_image(
+        &self,
+        req: Request<pb::SaveImageRequest>,
+    ) -> Result<Response<Self::SaveImageStream>, Status> {
+        crate::image_verbs::save(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn tag_image(
+        &self,
+        req: Request<pb::TagImageRequest>,
+    ) -> Result<Response<pb::TagImageResponse>, Status> {
+        crate::image_verbs::tag(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn inspect_image(
+        &self,
+        req: Request<pb::InspectImageRequest>,
+    ) -> Result<Response<pb::InspectImageResponse>, Status> {
+        crate::image_verbs::inspect(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn prune_images(
+        &self,
+        req: Request<pb::PruneImagesRequest>,
+    ) -> Result<Response<pb::PruneImagesResponse>, Status> {
+        crate::image_verbs::prune(self, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

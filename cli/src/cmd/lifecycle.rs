@@ -268,8 +268,7 @@ pub async fn exec(g: &Global, a: &ExecArgs) -> Result<i32> {
             args: a.command.clone(),
             env: a.env.clone(),
             workdir: a.workdir.clone().unwrap_or_default(),
-            timeout_ms: 0,
-            task_id: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|s| client::status_err(&format!("exec in service {}", a.service), s))?

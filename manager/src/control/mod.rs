@@ -10,6 +10,9 @@
 
 pub mod deploy;
 pub mod forward;
+mod networks;
+pub mod node_verbs;
+mod task_verbs;
 pub mod verbs;
 
 use crate::orchestrator::{StoreView, LABEL_REMOVE_VOLUMES, LABEL_REMOVING};
@@ -614,6 +617,160 @@ impl Control for ControlApi {
         let req = request.into_inner();
         let targets = forward::targets(&self.inner.store, &req.node_id)?;
         forward::remove_image(targets, req).await.map(Response::new)
+    }
+
+    type ExecStreamStream = BoxStream<flotilla_proto::v1::ExecOutput>;
+
+    async fn exec_stream(
+        &self,
+        request: Request<Streaming<flotilla_proto::v1::ExecInput>>,
+    ) -> Result<Response<Self::ExecStreamStream>, Status> {
+        node_verbs::exec_stream(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn top(
+        &self,
+        request: Request<flotilla_proto::v1::TopRequest>,
+    ) -> Result<Response<flotilla_proto::v1::TopResponse>, Status> {
+        node_verbs::top(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stats(
+        &self,
+        request: Request<flotilla_proto::v1::StatsRequest>,
+    ) -> Result<Response<flotilla_proto::v1::StatsResponse>, Status> {
+        node_verbs::stats(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type CopyFromContainerStream = BoxStream<flotilla_proto::v1::CopyChunk>;
+
+    async fn copy_from_container(
+        &self,
+        request: Request<flotilla_proto::v1::CopyRequest>,
+    ) -> Result<Response<Self::CopyFromContainerStream>, Status> {
+        node_verbs::copy_from(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn copy_to_container(
+        &self,
+        request: Request<Streaming<flotilla_proto::v1::CopyChunk>>,
+    ) -> Result<Response<flotilla_proto::v1::CopyResponse>, Status> {
+        node_verbs::copy_to(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PullImageStream = BoxStream<flotilla_proto::v1::ImageProgress>;
+
+    async fn pull_image(
+        &self,
+        request: Request<flotilla_proto::v1::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        node_verbs::pull(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PushImageStream = BoxStream<flotilla_proto::v1::ImageProgress>;
+
+    async fn push_image(
+        &self,
+        request: Request<flotilla_proto::v1::PushImageRequest>,
+    ) -> Result<Response<Self::PushImageStream>, Status> {
+        node_verbs::push(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type SaveImageStream = BoxStream<ImageArchiveChunk>;
+
+    async fn save_image(
+        &self,
+        request: Request<flotilla_proto::v1::SaveImageRequest>,
+    ) -> Result<Response<Self::SaveImageStream>, Status> {
+        node_verbs::save(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn tag_image(
+        &self,
+        request: Request<flotilla_proto::v1::TagImageRequest>,
+    ) -> Result<Response<flotilla_proto::v1::TagImageResponse>, Status> {
+        node_verbs::tag(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn inspect_image(
+        &self,
+        request: Request<flotilla_proto::v1::InspectImageRequest>,
+    ) -> Result<Response<flotilla_proto::v1::InspectImageResponse>, Status> {
+        node_verbs::inspect(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn prune_images(
+        &self,
+        request: Request<flotilla_proto::v1::PruneImagesRequest>,
+    ) -> Result<Response<flotilla_proto::v1::PruneImagesResponse>, Status> {
+        node_verbs::prune(&self.inner.store, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_network(
+        &self,
+        request: Request<flotilla_proto::v1::CreateNetworkRequest>,
+    ) -> Result<Response<flotilla_proto::v1::CreateNetworkResponse>, Status> {
+        self.create_network_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<flotilla_proto::v1::RemoveNetworkRequest>,
+    ) -> Result<Response<flotilla_proto::v1::RemoveNetworkResponse>, Status> {
+        self.remove_network_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn prune_networks(
+        &self,
+        request: Request<flotilla_proto::v1::PruneNetworksRequest>,
+    ) -> Result<Response<flotilla_proto::v1::PruneNetworksResponse>, Status> {
+        self.prune_networks_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_service_tasks(
+        &self,
+        request: Request<flotilla_proto::v1::RemoveServiceTasksRequest>,
+    ) -> Result<Response<flotilla_proto::v1::RemoveServiceTasksResponse>, Status> {
+        self.remove_service_tasks_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn run_task(
+        &self,
+        request: Request<flotilla_proto::v1::RunTaskRequest>,
+    ) -> Result<Response<flotilla_proto::v1::RunTaskResponse>, Status> {
+        self.run_task_impl(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -20,7 +20,11 @@ fn running(t: &Task) -> bool {
         && t.desired_state() == TaskState::Running
 }
 
-fn service_exists(store: &StoreHandle, stack: &str, service: &str) -> Result<(), Status> {
+pub(super) fn service_exists(
+    store: &StoreHandle,
+    stack: &str,
+    service: &str,
+) -> Result<(), Status> {
     store.read(|s| {
         if s.stack(stack).is_none() {
             return Err(Status::not_found(format!("stack {stack} does not exist")));
@@ -45,35 +49,45 @@ async fn client(t: &Target) -> Result<NodeAgentClient<tonic::transport::Channel>
     Ok(NodeAgentClient::new(ch))
 }
 
+/// The running task of `service` at slot `index` (0: the lowest running
+/// slot), or why there is none.
+pub(super) fn pick_task(
+    store: &StoreHandle,
+    stack: &str,
+    service: &str,
+    index: u32,
+) -> Result<Task, Status> {
+    service_exists(store, stack, service)?;
+    let task = store.read(|s| {
+        let mut ts: Vec<Task> = s
+            .tasks_in_stack(stack)
+            .into_iter()
+            .filter(|t| t.service_name == service && running(t))
+            .filter(|t| index == 0 || t.slot == index)
+            .cloned()
+            .collect();
+        ts.sort_by_key(|t| t.slot);
+        ts.into_iter().next()
+    });
+    task.ok_or_else(|| {
+        let which = if index == 0 {
+            String::new()
+        } else {
+            format!(" with index {index}")
+        };
+        Status::failed_precondition(format!(
+            "service {service} of stack {stack} has no running container{which}"
+        ))
+    })
+}
+
 /// Runs `req.args` in the running task of `req.service` (slot `req.index`,
 /// or the lowest running slot).
 pub async fn exec(store: &StoreHandle, mut req: ExecRequest) -> Result<ExecResponse, Status> {
     if req.args.is_empty() {
         return Err(Status::invalid_argument("exec needs a command"));
     }
-    service_exists(store, &req.stack, &req.service)?;
-    let task = store.read(|s| {
-        let mut ts: Vec<Task> = s
-            .tasks_in_stack(&req.stack)
-            .into_iter()
-            .filter(|t| t.service_name == req.service && running(t))
-            .filter(|t| req.index == 0 || t.slot == req.index)
-            .cloned()
-            .collect();
-        ts.sort_by_key(|t| t.slot);
-        ts.into_iter().next()
-    });
-    let Some(task) = task else {
-        let which = if req.index == 0 {
-            String::new()
-        } else {
-            format!(" with index {}", req.index)
-        };
-        return Err(Status::failed_precondition(format!(
-            "service {} of stack {} has no running container{which}",
-            req.service, req.stack
-        )));
-    };
+    let task = pick_task(store, &req.stack, &req.service, req.index)?;
     let target = forward::targets(store, &task.node_id)?
         .into_iter()
         .next()
