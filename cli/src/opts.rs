@@ -113,6 +113,28 @@ pub enum Command {
     Events(crate::cmd::lifecycle::EventsArgs),
     /// Set the number of containers of services (SERVICE=N ...).
     Scale(ScaleArgs),
+    /// Pause the services' running containers.
+    Pause(crate::cmd::lifecycle::ServicesArgs),
+    /// Unpause the services' paused containers.
+    Unpause(crate::cmd::lifecycle::ServicesArgs),
+    /// Remove the services' stopped containers.
+    Rm(crate::cmd::rm::RmArgs),
+    /// Create the services' containers without starting them.
+    Create(crate::cmd::rm::CreateArgs),
+    /// Run a one-off command with a service's configuration.
+    Run(crate::cmd::run::RunArgs),
+    /// Block until the services' containers exit; print their exit codes.
+    Wait(crate::cmd::wait::WaitArgs),
+    /// List the images the stack's containers use.
+    Images(crate::cmd::inspect::ImagesArgs),
+    /// Show a stack, service or task as JSON.
+    Inspect(crate::cmd::inspect::InspectArgs),
+    /// Show the processes running in the services' containers.
+    Top(crate::cmd::ops::TopArgs),
+    /// Show the services' containers' resource usage.
+    Stats(crate::cmd::ops::StatsArgs),
+    /// Copy files between a service's container and the local filesystem.
+    Cp(crate::cmd::ops::CpArgs),
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +182,15 @@ pub struct UpArgs {
     /// Scale SERVICE to NUM containers (overrides `scale`/`deploy.replicas`).
     #[arg(long = "scale", value_name = "SERVICE=NUM")]
     pub scale: Vec<String>,
+    /// Create the containers but don't start them.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Stop every container when one exits (attached mode).
+    #[arg(long, conflicts_with = "detach")]
+    pub abort_on_container_exit: bool,
+    /// Exit with this service's exit code (implies --abort-on-container-exit).
+    #[arg(long, value_name = "SERVICE", conflicts_with = "detach")]
+    pub exit_code_from: Option<String>,
     /// Services to start (default: all).
     pub services: Vec<String>,
 }

@@ -4,7 +4,10 @@
 //! single next thing to do.
 //!
 //! Pure: no I/O, no clock. The executor performs the returned [`Step`] and
-//! calls [`step`] again with what it then observes.
+//! calls [`step`] again with what it then observes. It must never decide
+//! what should run: only how to get this node's container to the desired
+//! state (running, frozen for `pause`, created-not-started, stopped,
+//! removed).
 
 use flotilla_proto::v1::{Task, TaskState};
 
@@ -15,6 +18,8 @@ pub enum Container {
     Absent,
     /// The container's process runs.
     Running,
+    /// The container's processes are frozen (`pause`).
+    Paused,
     /// The container exited with this code (`oom` when the kernel killed it
     /// for memory).
     Exited { code: i32, oom: bool },
@@ -36,6 +41,10 @@ pub enum Step {
     /// Report this observed state (the container is as it should be, but the
     /// manager has not heard it yet).
     Report(TaskState, Option<i32>),
+    /// Freeze the running container's processes (desired Paused).
+    Pause,
+    /// Thaw a paused container (desired Running again).
+    Resume,
 }
 
 /// Decides the next step. `reported` is the state this agent last reported
@@ -45,13 +54,47 @@ pub fn step(task: &Task, reported: Option<TaskState>, container: Container) -> S
     let desired = task.desired_state();
     let reported_terminal = reported.is_some_and(TaskState::is_terminal);
     let wants_running = matches!(desired, TaskState::Running);
+    // Paused is "running, frozen": an exit is judged as if running.
+    let wants_process = matches!(desired, TaskState::Running | TaskState::Paused);
 
     if desired == TaskState::Remove {
         return match (container, reported) {
             (_, Some(TaskState::Remove)) => Step::Wait,
-            (Container::Running, _) => Step::Stop,
+            (Container::Running | Container::Paused, _) => Step::Stop,
             _ => Step::Remove,
         };
+    }
+
+    match container {
+        Container::Paused => {
+            return match desired {
+                TaskState::Paused if reported != Some(TaskState::Paused) => {
+                    Step::Report(TaskState::Paused, None)
+                }
+                TaskState::Paused => Step::Wait,
+                TaskState::Running => Step::Resume,
+                _ => Step::Stop,
+            };
+        }
+        Container::Running if desired == TaskState::Paused => return Step::Pause,
+        Container::Absent if desired == TaskState::Paused => {
+            // Never started, or vanished while frozen: nothing to freeze.
+            return if matches!(reported, Some(TaskState::Running | TaskState::Paused)) {
+                Step::Report(TaskState::Failed, None)
+            } else {
+                Step::Wait
+            };
+        }
+        Container::Absent if desired == TaskState::Created => {
+            // `create`: made and placed, not started. The container itself
+            // is made by the start that follows.
+            return if reported.is_none_or(|r| !r.is_terminal() && r != TaskState::Created) {
+                Step::Report(TaskState::Created, None)
+            } else {
+                Step::Wait
+            };
+        }
+        _ => {}
     }
 
     match container {
@@ -78,11 +121,12 @@ pub fn step(task: &Task, reported: Option<TaskState>, container: Container) -> S
             }
             Step::Wait
         }
+        Container::Paused => Step::Wait,
         Container::Exited { code, .. } => {
             if reported_terminal {
                 return Step::Wait;
             }
-            let state = if !wants_running {
+            let state = if !wants_process {
                 // Exited because it was told to stop (or while being stopped).
                 TaskState::Shutdown
             } else if code == 0 {
@@ -189,8 +233,38 @@ mod tests {
             (S::Remove, Some(S::Shutdown), Absent, Step::Remove),
             (S::Remove, None, Absent, Step::Remove),
             (S::Remove, Some(S::Remove), Absent, Step::Wait),
-            // not yet told to run (created / pending)
-            (S::Created, None, Absent, Step::Wait),
+            // created (`create`): reported, not started; `start` starts it
+            (S::Created, None, Absent, Step::Report(S::Created, None)),
+            (S::Created, Some(S::Created), Absent, Step::Wait),
+            (S::Running, Some(S::Created), Absent, Step::Start),
+            // pause / unpause
+            (S::Paused, Some(S::Running), Running, Step::Pause),
+            (
+                S::Paused,
+                Some(S::Running),
+                Paused,
+                Step::Report(S::Paused, None),
+            ),
+            (S::Paused, Some(S::Paused), Paused, Step::Wait),
+            (S::Running, Some(S::Paused), Paused, Step::Resume),
+            (
+                S::Running,
+                Some(S::Paused),
+                Running,
+                Step::Report(S::Running, None),
+            ),
+            (S::Shutdown, Some(S::Paused), Paused, Step::Stop),
+            (S::Remove, Some(S::Paused), Paused, Step::Stop),
+            (S::Paused, None, Absent, Step::Wait),
+            (
+                S::Paused,
+                Some(S::Paused),
+                Exited {
+                    code: 137,
+                    oom: false,
+                },
+                Step::Report(S::Failed, Some(137)),
+            ),
         ];
         for (desired, reported, container, want) in cases {
             assert_eq!(

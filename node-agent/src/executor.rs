@@ -253,6 +253,12 @@ enum Event {
     Removed { task_id: String },
     /// A health check changed the task's health state or failing streak.
     Health(crate::health::HealthUpdate),
+    /// A pause or unpause finished (`container` is what the node now sees).
+    Frozen {
+        task_id: String,
+        container: Container,
+        status: Option<Box<pb::TaskStatus>>,
+    },
 }
 
 struct Entry {
@@ -284,9 +290,30 @@ struct Executor {
     nat: network::NatSync,
 }
 
+/// Pauses or resumes a container through the runtime.
+fn freeze(rt: &Runtime, cid: &str, pause: bool) -> Result<(), String> {
+    let r = if pause { rt.pause(cid) } else { rt.resume(cid) };
+    r.map_err(|e| {
+        format!(
+            "{} container {cid}: {e}",
+            if pause { "pausing" } else { "resuming" }
+        )
+    })
+}
+
+/// What the node sees of a container, telling a frozen one from a running
+/// one (the runtime's state says only that its process exists).
+fn observe(rt: &Runtime, info: &ContainerInfo) -> Container {
+    match container_state(info) {
+        Container::Running if rt.is_paused(&info.id).unwrap_or(false) => Container::Paused,
+        c => c,
+    }
+}
+
 fn container_state(info: &ContainerInfo) -> Container {
     match info.state {
-        ContainerState::Running | ContainerState::Paused => Container::Running,
+        ContainerState::Running => Container::Running,
+        ContainerState::Paused => Container::Paused,
         ContainerState::Exited => Container::Exited {
             code: info.exit_code.unwrap_or(-1),
             oom: info.oom_killed,
@@ -364,8 +391,8 @@ impl Executor {
                 None => {
                     let (container, watch) = match adopted.remove(&task.id) {
                         Some(info) => {
-                            let c = container_state(&info);
-                            (c, c == Container::Running)
+                            let c = observe(&self.runtime, &info);
+                            (c, matches!(c, Container::Running | Container::Paused))
                         }
                         None => (Container::Absent, false),
                     };
@@ -453,6 +480,23 @@ impl Executor {
                 self.entries.remove(&task_id);
                 self.outbox.forget(&task_id);
             }
+            Event::Frozen {
+                task_id,
+                container,
+                status,
+            } => {
+                // Like Done, but the exit and health watchers of the
+                // container keep running: it is the same process.
+                if let Some(e) = self.entries.get_mut(&task_id) {
+                    e.busy = false;
+                    e.container = container;
+                    if let Some(s) = status.map(|s| *s) {
+                        e.reported = Some(s.state());
+                        e.status = s.clone();
+                        self.outbox.push(&task_id, s);
+                    }
+                }
+            }
         }
     }
 
@@ -514,6 +558,10 @@ impl Executor {
                 Step::Stop => {
                     e.busy = true;
                     self.spawn_stop(id.clone(), ev_tx);
+                }
+                step @ (Step::Pause | Step::Resume) => {
+                    e.busy = true;
+                    self.spawn_freeze(id.clone(), step == Step::Pause, ev_tx);
                 }
                 Step::Remove => {
                     e.busy = true;
@@ -647,10 +695,18 @@ impl Executor {
         let spec = e.task.spec.clone().unwrap_or_default();
         let signal = signals::stop_signal(&spec.stop_signal);
         let grace = Duration::from_millis(spec.stop_grace_period_ms.unwrap_or(10_000));
+        let paused = e.container == Container::Paused;
         let rt = self.runtime.clone();
         let tx = ev_tx.clone();
         tokio::task::spawn_blocking(move || {
             let cid = container_id(&task_id);
+            if paused {
+                // A frozen process cannot act on its stop signal (nor die of
+                // SIGKILL under the v1 freezer): thaw it first.
+                if let Err(msg) = freeze(&rt, &cid, false) {
+                    tracing::warn!(task = %task_id, "{msg}");
+                }
+            }
             let container = match rt.stop(&cid, signal, grace) {
                 Ok(info) => container_state(&info),
                 Err(e) => {
@@ -665,6 +721,50 @@ impl Executor {
                 task_id,
                 container,
                 status: None,
+            });
+        });
+    }
+
+    /// Freezes (`pause`) or thaws the task's container, then reports the
+    /// task Paused or Running; on failure the error is logged, the
+    /// container left as the runtime sees it, and the step tried again a
+    /// second later.
+    fn spawn_freeze(&self, task_id: String, pause: bool, ev_tx: &mpsc::Sender<Event>) {
+        let Some(e) = self.entries.get(&task_id) else {
+            return;
+        };
+        let mut status = e.status.clone();
+        let rt = self.runtime.clone();
+        let tx = ev_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let cid = container_id(&task_id);
+            let result = freeze(&rt, &cid, pause);
+            if result.is_err() {
+                // Not in a tight loop: the step asks for the same again.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let container = match rt.inspect(&cid) {
+                Ok(info) => observe(&rt, &info),
+                Err(_) => Container::Absent,
+            };
+            let report = match (&result, container) {
+                (Ok(()), Container::Paused) => Some(pb::TaskState::Paused),
+                (Ok(()), Container::Running) => Some(pb::TaskState::Running),
+                _ => None,
+            };
+            if let Err(msg) = &result {
+                tracing::warn!(task = %task_id, "{msg}");
+            }
+            let status = report.map(|state| {
+                status.state = state as i32;
+                status.timestamp = Some(pb::Timestamp::now());
+                status.message = if pause { "paused" } else { "unpaused" }.into();
+                Box::new(status)
+            });
+            let _ = tx.blocking_send(Event::Frozen {
+                task_id,
+                container,
+                status,
             });
         });
     }

@@ -5,8 +5,58 @@
 //! Must never change what should run (no start, stop or restart here).
 
 use crate::node_service::{NodeService, OutStream};
+use crate::process::container_id;
 use flotilla_proto::v1 as pb;
+use flotilla_runtime::container::{ContainerError, CopyDirection, Runtime};
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
+
+/// Size of the chunks a copy is streamed in.
+const CHUNK: usize = 256 * 1024;
+
+/// The task ids of the request that this node knows.
+fn known(svc: &NodeService, ids: &[String]) -> Result<Vec<String>, Status> {
+    let tasks = svc
+        .tasks
+        .lock()
+        .map_err(|_| Status::internal("the agent's task table is poisoned"))?;
+    let mut out = Vec::new();
+    for id in ids {
+        if !tasks.contains_key(id) {
+            return Err(Status::not_found(format!("task {id} is not on this node")));
+        }
+        out.push(id.clone());
+    }
+    Ok(out)
+}
+
+fn error_text(e: &ContainerError) -> String {
+    e.to_string()
+}
+
+/// Runs `f` for each task on a blocking thread (it reads /proc and cgroup
+/// files), keeping per-task failures as data: one exited container must not
+/// hide the others' answers.
+async fn per_task<T: Send + 'static>(
+    svc: &NodeService,
+    ids: &[String],
+    f: fn(&Runtime, &str, &str) -> T,
+) -> Result<Vec<T>, Status> {
+    let ids = known(svc, ids)?;
+    let rt: Arc<Runtime> = svc.runtime.clone();
+    tokio::task::spawn_blocking(move || {
+        ids.iter()
+            .map(|id| f(&rt, id, &container_id(id)))
+            .collect::<Vec<T>>()
+    })
+    .await
+    .map_err(|e| Status::internal(format!("container operation worker failed: {e}")))
+}
 
 pub async fn exec_stream(
     _svc: &NodeService,
@@ -15,27 +65,194 @@ pub async fn exec_stream(
     Err(Status::unimplemented("interactive exec is not built yet"))
 }
 
-pub async fn top(_svc: &NodeService, _req: pb::TopRequest) -> Result<pb::TopResponse, Status> {
-    Err(Status::unimplemented("top is not built yet"))
+pub async fn top(svc: &NodeService, req: pb::TopRequest) -> Result<pb::TopResponse, Status> {
+    let tasks = per_task(svc, &req.task_ids, |rt, task_id, cid| {
+        let mut tp = pb::TaskProcesses {
+            task_id: task_id.into(),
+            ..Default::default()
+        };
+        match rt.top(cid) {
+            Ok(procs) => {
+                tp.processes = procs
+                    .into_iter()
+                    .map(|p| pb::ProcessInfo {
+                        pid: p.pid,
+                        ppid: p.ppid,
+                        uid: p.uid,
+                        user: p.user,
+                        command: p.command,
+                        cpu_time_ms: p.cpu_time.as_millis() as u64,
+                        rss_bytes: p.rss_bytes,
+                        started_at: p.started_at.map(pb::Timestamp::from_system),
+                        state: p.state,
+                    })
+                    .collect()
+            }
+            Err(e) => tp.error = error_text(&e),
+        }
+        tp
+    })
+    .await?;
+    Ok(pb::TopResponse { tasks })
 }
 
-pub async fn stats(
-    _svc: &NodeService,
-    _req: pb::StatsRequest,
-) -> Result<pb::StatsResponse, Status> {
-    Err(Status::unimplemented("stats is not built yet"))
+pub async fn stats(svc: &NodeService, req: pb::StatsRequest) -> Result<pb::StatsResponse, Status> {
+    let stats = per_task(svc, &req.task_ids, |rt, task_id, cid| match rt.stats(cid) {
+        Ok(s) => pb::ContainerStats {
+            task_id: task_id.into(),
+            at: Some(pb::Timestamp::from_system(s.at)),
+            cpu_usage_ns: s.cgroup.cpu_usage_ns,
+            system_cpu_ns: s.system_cpu_ns,
+            online_cpus: s.online_cpus,
+            memory_usage_bytes: s.cgroup.memory_usage_bytes,
+            memory_limit_bytes: s.cgroup.memory_limit_bytes,
+            pids: s.cgroup.pids,
+            pids_limit: s.cgroup.pids_limit,
+            net_rx_bytes: s.net_rx_bytes,
+            net_tx_bytes: s.net_tx_bytes,
+            block_read_bytes: s.cgroup.block_read_bytes,
+            block_write_bytes: s.cgroup.block_write_bytes,
+            ..Default::default()
+        },
+        Err(e) => pb::ContainerStats {
+            task_id: task_id.into(),
+            error: error_text(&e),
+            ..Default::default()
+        },
+    })
+    .await?;
+    Ok(pb::StatsResponse { stats })
 }
 
+fn container_status(e: ContainerError) -> Status {
+    match e {
+        ContainerError::NotFound { .. } => Status::not_found(e.to_string()),
+        ContainerError::NotRunning { .. } => Status::failed_precondition(e.to_string()),
+        ContainerError::Copy { .. } => Status::invalid_argument(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+/// The copy helper for `req`'s task, as an async process.
+fn copy_process(
+    svc: &NodeService,
+    req: &pb::CopyRequest,
+    direction: CopyDirection,
+) -> Result<tokio::process::Command, Status> {
+    known(svc, std::slice::from_ref(&req.task_id))?;
+    let cmd = svc
+        .runtime
+        .copy_command(&container_id(&req.task_id), direction, &req.path)
+        .map_err(container_status)?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stderr(Stdio::piped()).kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// The helper's error line when it failed.
+async fn helper_result(child: tokio::process::Child, what: &str) -> Result<(), Status> {
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| Status::internal(format!("{what}: waiting for the copy helper: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(Status::invalid_argument(format!("{what}: {msg}")))
+}
+
+/// A tar of the path, streamed in chunks as the helper writes it.
 pub async fn copy_from(
-    _svc: &NodeService,
-    _req: pb::CopyRequest,
+    svc: &NodeService,
+    req: pb::CopyRequest,
 ) -> Result<OutStream<pb::CopyChunk>, Status> {
-    Err(Status::unimplemented("cp is not built yet"))
+    let mut child = copy_process(svc, &req, CopyDirection::FromContainer)?
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Status::internal(format!("starting the copy helper: {e}")))?;
+    let Some(mut stdout) = child.stdout.take() else {
+        return Err(Status::internal("the copy helper has no stdout"));
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let what = format!("copying {} out of task {}", req.path, req.task_id);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = pb::CopyChunk {
+                        target: None,
+                        data: buf[..n].to_vec(),
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        // The reader went away; kill_on_drop ends the helper.
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(format!("{what}: {e}")))).await;
+                    return;
+                }
+            }
+        }
+        if let Err(e) = helper_result(child, &what).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Ok(ReceiverStream::new(rx))
 }
 
+/// Unpacks the uploaded tar at the first chunk's target path.
 pub async fn copy_to(
-    _svc: &NodeService,
-    _input: Streaming<pb::CopyChunk>,
+    svc: &NodeService,
+    mut input: Streaming<pb::CopyChunk>,
 ) -> Result<pb::CopyResponse, Status> {
-    Err(Status::unimplemented("cp is not built yet"))
+    let first = match input.next().await {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return Err(e),
+        None => return Err(Status::invalid_argument("empty copy upload")),
+    };
+    let Some(req) = first.target.clone() else {
+        return Err(Status::invalid_argument(
+            "the first copy chunk must name the target",
+        ));
+    };
+    let what = format!("copying into {} of task {}", req.path, req.task_id);
+    let mut child = copy_process(svc, &req, CopyDirection::ToContainer)?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| Status::internal(format!("starting the copy helper: {e}")))?;
+    let Some(mut stdin) = child.stdin.take() else {
+        return Err(Status::internal("the copy helper has no stdin"));
+    };
+    let mut chunk = Some(first);
+    let mut write_err = None;
+    while let Some(c) = chunk.take() {
+        if write_err.is_none() {
+            if let Err(e) = stdin.write_all(&c.data).await {
+                // The helper stopped reading (bad archive, no space): its
+                // own message says why; keep draining the upload.
+                write_err = Some(e);
+            }
+        }
+        chunk = match input.next().await {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                return Err(Status::aborted(format!("{what}: reading the upload: {e}")))
+            }
+            None => None,
+        };
+    }
+    drop(stdin);
+    helper_result(child, &what).await?;
+    if let Some(e) = write_err {
+        return Err(Status::internal(format!("{what}: {e}")));
+    }
+    Ok(pb::CopyResponse {
+        task_id: req.task_id,
+    })
 }

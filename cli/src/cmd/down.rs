@@ -1,5 +1,7 @@
 //! `flotilla down`: remove the stack through the manager and wait until its
-//! containers, networks (and with `-v`, volumes) are gone.
+//! containers, networks (and with `-v`, volumes) are gone. The manager stops
+//! the services in reverse dependency order, each with its own
+//! `stop_grace_period` and `stop_signal`.
 
 use crate::client;
 use crate::opts::{DownArgs, Global};
@@ -18,11 +20,33 @@ pub async fn run(g: &Global, a: &DownArgs) -> Result<i32> {
         .await
         .map_err(|s| client::status_err("listing the stack's containers", s))?
         .into_inner();
+    // Services stop in reverse dependency order, one grace period after
+    // another in the worst case: allow their sum.
+    let services = ctl
+        .list_services(pb::ListServicesRequest {
+            stack: name.clone(),
+        })
+        .await
+        .map_err(|s| client::status_err("listing the stack's services", s))?
+        .into_inner()
+        .services;
+    let per_service = a.timeout.map(|t| t * 1000);
+    let budget: u64 = services
+        .iter()
+        .map(|s| {
+            per_service.unwrap_or_else(|| {
+                s.spec
+                    .as_ref()
+                    .and_then(|x| x.stop_grace_period_ms)
+                    .unwrap_or(10_000)
+            })
+        })
+        .sum();
     let resp = ctl
         .remove_stack(pb::RemoveStackRequest {
             name: name.clone(),
             remove_volumes: a.volumes,
-            timeout_ms: a.timeout.unwrap_or(10) * 1000,
+            timeout_ms: budget.max(10_000),
             wait: true,
         })
         .await

@@ -1,5 +1,5 @@
-//! The lifecycle verbs: `start`, `stop`, `restart` (changes of desired
-//! state through the manager), `kill` (a signal only; the restart policy
+//! The lifecycle verbs: `start`, `stop`, `restart`, `pause`, `unpause`
+//! (changes of desired state through the manager), `kill` (a signal only; the restart policy
 //! then applies), `exec` (a command in a running container) and `events`.
 //!
 //! None of them touches a container directly: every one is a Control call.
@@ -58,7 +58,7 @@ pub struct EventsArgs {
     pub services: Vec<String>,
 }
 
-async fn set_state(
+pub(crate) async fn set_state(
     ctl: &mut Control,
     stack: &str,
     services: &[String],
@@ -77,7 +77,11 @@ async fn set_state(
     Ok(())
 }
 
-async fn tasks(ctl: &mut Control, stack: &str, services: &[String]) -> Result<Vec<pb::Task>> {
+pub(crate) async fn tasks(
+    ctl: &mut Control,
+    stack: &str,
+    services: &[String],
+) -> Result<Vec<pb::Task>> {
     Ok(ctl
         .list_tasks(pb::ListTasksRequest {
             stack: stack.to_string(),
@@ -90,7 +94,7 @@ async fn tasks(ctl: &mut Control, stack: &str, services: &[String]) -> Result<Ve
         .tasks)
 }
 
-fn observed(t: &pb::Task) -> pb::TaskState {
+pub(crate) fn observed(t: &pb::Task) -> pb::TaskState {
     t.status
         .as_ref()
         .map(|s| s.state())
@@ -163,9 +167,16 @@ pub async fn stop(g: &Global, a: &ServicesArgs) -> Result<i32> {
 }
 
 fn all_running(ts: &[pb::Task], since: Option<&std::collections::HashSet<String>>) -> bool {
+    // Created tasks wait for their dependencies before they are told to
+    // run: they count too, so `start` returns once everything runs.
     let current: Vec<&pb::Task> = ts
         .iter()
-        .filter(|t| t.desired_state() == pb::TaskState::Running)
+        .filter(|t| {
+            matches!(
+                t.desired_state(),
+                pb::TaskState::Running | pb::TaskState::Created
+            ) && !super::up::is_oneoff(t)
+        })
         .collect();
     !current.is_empty()
         && current.iter().all(|t| {
@@ -231,6 +242,66 @@ pub async fn restart(g: &Global, a: &ServicesArgs) -> Result<i32> {
     .await?;
     for n in names(&ts, |t| observed(t) == pb::TaskState::Running) {
         println!(" \u{2714} Container {n:<28} Restarted");
+    }
+    Ok(0)
+}
+
+/// `flotilla pause`: desired Paused; returns when the services' running
+/// containers are frozen.
+pub async fn pause(g: &Global, a: &ServicesArgs) -> Result<i32> {
+    freeze(g, a, true).await
+}
+
+/// `flotilla unpause`: desired Running again; returns when the paused
+/// containers run.
+pub async fn unpause(g: &Global, a: &ServicesArgs) -> Result<i32> {
+    freeze(g, a, false).await
+}
+
+async fn freeze(g: &Global, a: &ServicesArgs, pause: bool) -> Result<i32> {
+    let stack = super::project_name(g)?;
+    let mut ctl = client::connect(g).await?;
+    let (desired, from, to, word) = if pause {
+        (
+            pb::ServiceDesired::Paused,
+            pb::TaskState::Running,
+            pb::TaskState::Paused,
+            "Paused",
+        )
+    } else {
+        (
+            pb::ServiceDesired::Running,
+            pb::TaskState::Paused,
+            pb::TaskState::Running,
+            "Unpaused",
+        )
+    };
+    let before = tasks(&mut ctl, &stack, &a.services).await?;
+    let touched: std::collections::HashSet<String> = before
+        .iter()
+        .filter(|t| observed(t) == from && !t.desired_state().is_terminal())
+        .map(|t| t.id.clone())
+        .collect();
+    set_state(&mut ctl, &stack, &a.services, desired, false).await?;
+    let ts = wait_until(
+        &mut ctl,
+        &stack,
+        &a.services,
+        Duration::from_secs(a.timeout),
+        if pause {
+            "the containers to pause"
+        } else {
+            "the containers to unpause"
+        },
+        |ts| {
+            ts.iter()
+                .filter(|t| touched.contains(&t.id))
+                .all(|t| observed(t) == to || observed(t).is_terminal())
+        },
+    )
+    .await?;
+    for n in names(&ts, |t| touched.contains(&t.id) && observed(t) == to) {
+        println!(" \u{2714} Container {n:<28} {word}");
     }
     Ok(0)
 }

@@ -7,12 +7,17 @@ mod config;
 mod daemon_cmd;
 mod down;
 mod image;
+pub(crate) mod inspect;
 pub(crate) mod lifecycle;
 mod logs;
 mod ls;
+pub(crate) mod ops;
 pub(crate) mod port;
 mod ps;
+pub(crate) mod rm;
+pub(crate) mod run;
 mod up;
+pub(crate) mod wait;
 
 use crate::opts::{Cli, Command, Global};
 use anyhow::{Context, Result};
@@ -61,6 +66,17 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Exec(a) => lifecycle::exec(g, a).await,
         Command::Events(a) => lifecycle::events(g, a).await,
         Command::Scale(a) => up::scale(g, a).await,
+        Command::Pause(a) => lifecycle::pause(g, a).await,
+        Command::Unpause(a) => lifecycle::unpause(g, a).await,
+        Command::Rm(a) => rm::rm(g, a).await,
+        Command::Create(a) => rm::create(g, a).await,
+        Command::Run(a) => run::run(g, a).await,
+        Command::Wait(a) => wait::run(g, a).await,
+        Command::Images(a) => inspect::images(g, a).await,
+        Command::Inspect(a) => inspect::inspect(g, a).await,
+        Command::Top(a) => ops::top(g, a).await,
+        Command::Stats(a) => ops::stats(g, a).await,
+        Command::Cp(a) => ops::cp(g, a).await,
     }
 }
 

@@ -33,6 +33,51 @@ pub fn newest_per_slot(tasks: Vec<pb::Task>) -> Vec<pb::Task> {
     by_slot.into_values().collect()
 }
 
+/// How long until the orchestrator restarts this ended task (it is in its
+/// restart back-off), if it will.
+pub(crate) fn restart_in(t: &pb::Task) -> Option<std::time::Duration> {
+    let st = t.status.as_ref()?;
+    if !st.state().is_terminal() || t.desired_state() != pb::TaskState::Running {
+        return None;
+    }
+    let at = t.restart_not_before?;
+    let now = pb::Timestamp::now();
+    let left = at.unix_nanos.checked_sub(now.unix_nanos)?;
+    u64::try_from(left)
+        .ok()
+        .map(std::time::Duration::from_nanos)
+}
+
+/// Compose's state word, plus "restarting" for a task in its back-off.
+fn state_word(t: &pb::Task) -> &'static str {
+    if restart_in(t).is_some() {
+        "restarting"
+    } else {
+        render::state_word(t)
+    }
+}
+
+/// The status column; a task in its restart back-off reads "Restarting (N)
+/// in Xs (exit C)": N restarts so far, the next one in X seconds, C the
+/// last exit code.
+pub(crate) fn status_text(t: &pb::Task) -> String {
+    match restart_in(t) {
+        Some(d) => {
+            let code = t
+                .status
+                .as_ref()
+                .and_then(|s| s.exit_code)
+                .map_or(String::new(), |c| format!(" (exit {c})"));
+            format!(
+                "Restarting ({}) in {}s{code}",
+                t.restart_count,
+                d.as_secs_f64().ceil() as u64
+            )
+        }
+        None => render::status_text(t),
+    }
+}
+
 pub async fn run(g: &Global, a: &PsArgs) -> Result<i32> {
     if a.format != "table" && a.format != "json" {
         bail!("unknown --format {:?}: use table or json", a.format);
@@ -64,8 +109,8 @@ pub async fn run(g: &Global, a: &PsArgs) -> Result<i32> {
         .into_iter()
         .filter(|t| {
             a.all
-                || render::state_word(t) == "running"
-                || render::state_word(t) == "created" && !t.desired_state().is_terminal()
+                || matches!(state_word(t), "running" | "paused" | "restarting")
+                || state_word(t) == "created" && !t.desired_state().is_terminal()
         })
         .collect();
     if a.quiet {
@@ -94,7 +139,7 @@ pub async fn run(g: &Global, a: &PsArgs) -> Result<i32> {
                 t.name.clone(),
                 spec.image.clone(),
                 spec.name.clone(),
-                render::status_text(t),
+                status_text(t),
                 render::ports_text(t),
                 nodes.get(&t.node_id).cloned().unwrap_or_default(),
                 render::task_ip(t),
@@ -129,8 +174,9 @@ fn json_row(t: &pb::Task, project: &str, nodes: &BTreeMap<String, String>) -> se
         "Service": t.service_name,
         "Project": project,
         "Image": spec.image,
-        "State": render::state_word(t),
-        "Status": render::status_text(t),
+        "State": state_word(t),
+        "Status": status_text(t),
+        "RestartIn": restart_in(t).map(|d| d.as_secs_f64()),
         "Health": status.health().short_name(),
         "ExitCode": status.exit_code.unwrap_or(0),
         "Publishers": publishers,

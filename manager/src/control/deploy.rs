@@ -61,6 +61,12 @@ pub enum DeployError {
     MissingExternalNetwork { stack: String, network: String },
     #[error("stack {stack} is being removed; wait for the removal to finish")]
     BeingRemoved { stack: String },
+    #[error("stack {stack} was changed by another deploy while this one was prepared (now at version {current}, this one was based on {base}): another `up` for the same project is running; run this one again when it is done")]
+    ConcurrentDeploy {
+        stack: String,
+        base: u64,
+        current: u64,
+    },
     #[error("stack {stack}: {source}")]
     Ipam {
         stack: String,
@@ -244,6 +250,16 @@ pub fn plan_deploy(
     let old_stack = view.get_stack(&stack_id);
     if old_stack.is_some_and(stack_removing) {
         return Err(DeployError::BeingRemoved { stack: stack_id });
+    }
+    if let Some(base) = req.base_spec_version {
+        let current = old_stack.map_or(0, |s| s.spec_version);
+        if current != base {
+            return Err(DeployError::ConcurrentDeploy {
+                stack: stack_id,
+                base,
+                current,
+            });
+        }
     }
     let selected = selected_services(spec, &req.services, req.no_deps)?;
     let spec_version = old_stack.map_or(0, |s| s.spec_version) + 1;
@@ -499,6 +515,37 @@ mod tests {
         ]))
         .unwrap();
         validate(&stack_spec(vec![pinned("a", 1)])).unwrap();
+    }
+
+    #[test]
+    fn a_deploy_based_on_an_older_version_is_refused() {
+        let spec1 = stack_spec(vec![spec("db")]);
+        let mut snap = StoreSnapshot::default();
+        let mut r = req(spec1.clone());
+        r.base_spec_version = Some(0);
+        let (actions, _) = plan_deploy(&snap, &r, pool(), ts(1)).unwrap();
+        for a in actions {
+            if let Some(store_action::Object::Stack(o)) = a.object {
+                snap.stacks.push(o);
+            }
+        }
+        // A second deploy planned against version 0 lost the race.
+        let err = plan_deploy(&snap, &r, pool(), ts(2)).unwrap_err();
+        assert!(matches!(
+            err,
+            DeployError::ConcurrentDeploy {
+                base: 0,
+                current: 1,
+                ..
+            }
+        ));
+        assert!(err
+            .to_string()
+            .contains("another `up` for the same project"));
+        r.base_spec_version = Some(1);
+        assert!(plan_deploy(&snap, &r, pool(), ts(3)).is_ok());
+        r.base_spec_version = None;
+        assert!(plan_deploy(&snap, &r, pool(), ts(3)).is_ok());
     }
 
     #[test]

@@ -140,8 +140,10 @@ impl ControlApi {
         let pool = self.inner.pool;
         let resp = self
             .write("deploy", |s| {
-                deploy::plan_deploy(s, &req, pool, Timestamp::now())
-                    .map_err(|e| Status::invalid_argument(e.to_string()))
+                deploy::plan_deploy(s, &req, pool, Timestamp::now()).map_err(|e| match e {
+                    deploy::DeployError::ConcurrentDeploy { .. } => Status::aborted(e.to_string()),
+                    _ => Status::invalid_argument(e.to_string()),
+                })
             })
             .await?;
         tracing::info!(

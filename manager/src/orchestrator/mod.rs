@@ -18,8 +18,9 @@ pub(crate) mod fixtures;
 mod tests;
 
 pub use reconcile::{
-    dependency_holds, reconcile, restart_delay_ms, service_removing, spec_hash, stack_removing,
-    BASE_BACKOFF_MS, HISTORY_PER_SLOT, LABEL_REMOVE_VOLUMES, LABEL_REMOVING, MAX_BACKOFF_MS,
+    dependency_holds, is_oneoff, reconcile, restart_delay_ms, service_removing, spec_hash,
+    stack_removing, AUTO_REMOVE_AFTER_MS, BASE_BACKOFF_MS, HISTORY_PER_SLOT, LABEL_NO_DEPS,
+    LABEL_ONEOFF, LABEL_REMOVE_VOLUMES, LABEL_REMOVING, MAX_BACKOFF_MS, ONEOFF_SLOT_BASE,
 };
 pub use view::StoreView;
 

@@ -40,6 +40,15 @@
 //!   placed, or on a down node; when none is left the services, networks,
 //!   the stack and (with [`LABEL_REMOVE_VOLUMES`]) its volumes are deleted.
 //! - History: at most [`HISTORY_PER_SLOT`] retired tasks are kept per slot.
+//! - Reverse dependency order: while a service that depends on another is
+//!   itself going down (stopped or removed) and still has a live task, the
+//!   dependency's tasks are not told to shut down yet.
+//! - `rm`: tasks desired Remove are deleted once their node removed the
+//!   container; they are never part of a slot again.
+//! - One-off tasks (`run`, meta [`LABEL_ONEOFF`]) live outside the slots:
+//!   made desired Created, turned Running once their dependencies hold (or
+//!   at once with [`LABEL_NO_DEPS`]), never restarted; with `auto_remove`
+//!   removed [`AUTO_REMOVE_AFTER_MS`] after they ended.
 
 use super::view::StoreView;
 use crate::ipam::{self, AddressBook};
@@ -56,6 +65,15 @@ use std::collections::{BTreeMap, HashSet};
 pub const LABEL_REMOVING: &str = "flotilla.removing";
 /// Meta label on a removed stack: delete its volumes too.
 pub const LABEL_REMOVE_VOLUMES: &str = "flotilla.remove-volumes";
+/// Meta label marking a one-off task made by `run`.
+pub const LABEL_ONEOFF: &str = "flotilla.oneoff";
+/// Meta label on a one-off task: start it without waiting for dependencies.
+pub const LABEL_NO_DEPS: &str = "flotilla.no-deps";
+/// How long a finished `run --rm` task is kept for its CLI to read its logs
+/// before the orchestrator removes it on its own.
+pub const AUTO_REMOVE_AFTER_MS: u64 = 30_000;
+/// First slot number of one-off tasks (far above any replica count).
+pub const ONEOFF_SLOT_BASE: u32 = 100_000;
 /// Retired (desired Shutdown, ended) tasks kept per slot for `ps -a`.
 pub const HISTORY_PER_SLOT: usize = 2;
 /// Cap of the exponential restart back-off.
@@ -220,7 +238,16 @@ pub fn reconcile(view: &impl StoreView, now: Timestamp) -> Vec<StoreAction> {
         for svc in services {
             known_services.insert(&svc.id);
             if removing || service_removing(svc) {
-                let left = drain(&ctx, &mut out, view.tasks_in_service(&svc.id));
+                let held = going_down_dependent(&ctx, stack, svc);
+                if let Some(d) = &held {
+                    tracing::debug!(service = %svc.id, dependent = %d, "shutdown waits for a dependent");
+                }
+                let left = drain_gated(
+                    &ctx,
+                    &mut out,
+                    view.tasks_in_service(&svc.id),
+                    held.is_none(),
+                );
                 if left == 0 {
                     tracing::info!(service = %svc.id, "service removed");
                     out.delete(store_action::Object::Service(svc.clone()));
@@ -278,6 +305,17 @@ fn orphans<'a>(view: &'a impl StoreView, stack: &str, known: &HashSet<&str>) -> 
 /// no longer run (desired Remove), and deletes them once removed. Returns
 /// how many are left.
 fn drain<V: StoreView>(ctx: &Ctx<'_, V>, out: &mut Out, tasks: Vec<&Task>) -> usize {
+    drain_gated(ctx, out, tasks, true)
+}
+
+/// [`drain`], where live tasks are told to shut down only when `stop_live`
+/// (reverse dependency order: a dependency waits for its dependents).
+fn drain_gated<V: StoreView>(
+    ctx: &Ctx<'_, V>,
+    out: &mut Out,
+    tasks: Vec<&Task>,
+    stop_live: bool,
+) -> usize {
     let mut left = 0;
     for t in tasks {
         if !ctx.live(t) {
@@ -298,13 +336,84 @@ fn drain<V: StoreView>(ctx: &Ctx<'_, V>, out: &mut Out, tasks: Vec<&Task>) -> us
             continue;
         }
         left += 1;
-        if t.desired_state() != TaskState::Shutdown {
+        if stop_live && !matches!(t.desired_state(), TaskState::Shutdown | TaskState::Remove) {
             let mut n = t.clone();
             n.desired_state = TaskState::Shutdown as i32;
             out.put_task(t, n);
         }
     }
     left
+}
+
+/// A service of the stack that depends on `svc`, is itself going down
+/// (stopped, or being removed) and still has a live task: `svc`'s tasks are
+/// shut down only once it has none (`down`/`stop` in reverse dependency
+/// order, each dependent given its whole grace period first).
+fn going_down_dependent<V: StoreView>(
+    ctx: &Ctx<'_, V>,
+    stack: &Stack,
+    svc: &Service,
+) -> Option<String> {
+    let name = svc.spec.as_ref().map(|s| s.name.as_str())?;
+    let stack_going = stack_removing(stack);
+    ctx.view
+        .services_in_stack(&stack.id)
+        .into_iter()
+        .filter(|d| d.id != svc.id)
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .is_some_and(|sp| sp.depends_on.iter().any(|x| x.service == name))
+        })
+        .filter(|d| stack_going || service_removing(d) || d.desired() == ServiceDesired::Stopped)
+        .find(|d| {
+            ctx.view
+                .tasks_in_service(&d.id)
+                .into_iter()
+                .any(|t| ctx.live(t))
+        })
+        .map(|d| d.id.clone())
+}
+
+/// True for a one-off task made by `run` (not one of the service's slots).
+pub fn is_oneoff(t: &Task) -> bool {
+    has_label(&t.meta, LABEL_ONEOFF)
+}
+
+/// One-off tasks (`run`): started once their dependencies hold (unless
+/// `--no-deps`), never restarted, removed after they exit when `--rm` asked
+/// for it (the CLI removes them itself at once; this is the fallback when
+/// it went away).
+fn reconcile_oneoff<V: StoreView>(
+    ctx: &Ctx<'_, V>,
+    out: &mut Out,
+    stack: &Stack,
+    spec: &ServiceSpec,
+    t: &Task,
+) {
+    let state = state_of(t);
+    if t.desired_state() == TaskState::Created && !state.is_terminal() {
+        let gated = !has_label(&t.meta, LABEL_NO_DEPS)
+            && spec
+                .depends_on
+                .iter()
+                .any(|d| dependency_holds(ctx.view, &stack.id, d).is_err());
+        if !gated {
+            set_desired(out, t, TaskState::Running);
+        }
+        return;
+    }
+    if t.auto_remove && state.is_terminal() && t.desired_state() != TaskState::Remove {
+        let ended = t
+            .status
+            .as_ref()
+            .and_then(|s| s.finished_at.or(s.timestamp))
+            .map_or(0, |e| e.unix_nanos);
+        let after = i64::try_from(AUTO_REMOVE_AFTER_MS * 1_000_000).unwrap_or(i64::MAX);
+        if ctx.now.unix_nanos.saturating_sub(ended) >= after {
+            set_desired(out, t, TaskState::Remove);
+        }
+    }
 }
 
 fn slots_wanted<V: StoreView>(ctx: &Ctx<'_, V>, spec: &ServiceSpec) -> u32 {
@@ -342,7 +451,25 @@ fn reconcile_service<V: StoreView>(
 
     let replicas = slots_wanted(ctx, spec);
     let mut by_slot: BTreeMap<u32, Vec<&Task>> = BTreeMap::new();
+    let mut oneoff_slots: HashSet<u32> = HashSet::new();
     for t in ctx.view.tasks_in_service(&svc.id) {
+        if t.desired_state() == TaskState::Remove {
+            // `rm`, or a finished `run --rm`: gone once its node removed the
+            // container (or never had one, or the node is gone).
+            if !ctx.live(t)
+                && (t.node_id.is_empty() || ctx.node_gone(t) || state_of(t) == TaskState::Remove)
+            {
+                out.delete(store_action::Object::Task(t.clone()));
+            } else if is_oneoff(t) {
+                oneoff_slots.insert(t.slot);
+            }
+            continue;
+        }
+        if is_oneoff(t) {
+            oneoff_slots.insert(t.slot);
+            reconcile_oneoff(ctx, out, stack, spec, t);
+            continue;
+        }
         by_slot.entry(t.slot).or_default().push(t);
     }
     for ts in by_slot.values_mut() {
@@ -374,7 +501,7 @@ fn reconcile_service<V: StoreView>(
         .slot_addresses
         .iter()
         .map(|s| s.slot)
-        .filter(|s| *s > replicas && !by_slot.contains_key(s))
+        .filter(|s| *s > replicas && !by_slot.contains_key(s) && !oneoff_slots.contains(s))
         .collect();
     for slot in stale_addr_slots {
         ipam::release_slot(book, &mut svc_new, slot);
@@ -382,9 +509,13 @@ fn reconcile_service<V: StoreView>(
 
     match svc.desired() {
         ServiceDesired::Stopped => {
+            let held = going_down_dependent(ctx, stack, svc);
             for ts in by_slot.values() {
                 for t in ts {
-                    set_desired(out, t, TaskState::Shutdown);
+                    // Reverse dependency order: wait for stopping dependents.
+                    if held.is_none() || !ctx.live(t) {
+                        set_desired(out, t, TaskState::Shutdown);
+                    }
                 }
                 prune_history(ctx, out, ts, None);
             }
@@ -547,7 +678,11 @@ pub fn dependency_holds(
             Ok(())
         };
     };
-    let tasks = view.tasks_in_service(&ds.id);
+    let tasks: Vec<&Task> = view
+        .tasks_in_service(&ds.id)
+        .into_iter()
+        .filter(|t| !is_oneoff(t))
+        .collect();
     let ok = |t: &&Task| {
         let st = t.status.as_ref();
         let state = state_of(t);
@@ -615,7 +750,15 @@ fn reconcile_slot<V: StoreView>(
                     replace = Some((c.restart_count, c.generation + 1));
                 }
                 None => {
-                    if c.desired_state() != target {
+                    // A created (`create`, `up --no-start`) task starts only
+                    // once its dependencies hold, like a new one.
+                    let gated = c.desired_state() == TaskState::Created
+                        && target == TaskState::Running
+                        && spec
+                            .depends_on
+                            .iter()
+                            .any(|d| dependency_holds(ctx.view, &stack.id, d).is_err());
+                    if c.desired_state() != target && !gated {
                         set_desired(out, c, target);
                     }
                     return;
@@ -680,7 +823,8 @@ fn reconcile_slot<V: StoreView>(
     if tasks.iter().any(|t| ctx.live(t)) {
         return;
     }
-    if tasks.is_empty() {
+    // Created tasks are not started, so nothing to wait for yet.
+    if tasks.is_empty() && target != TaskState::Created {
         for d in spec.depends_on.iter() {
             if let Err(why) = dependency_holds(ctx.view, &stack.id, d) {
                 tracing::debug!(slot, reason = %why, "slot gated by depends_on");

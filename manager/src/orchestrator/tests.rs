@@ -645,3 +645,213 @@ fn restart_true_restarts_dependents_of_a_restarted_dependency() {
     let snap = snapshot(vec![db, plain], vec![db_t, t], vec![ready("n1")]);
     assert!(decide(&snap, 200).is_empty());
 }
+
+fn stopped(mut s: Service) -> Service {
+    s.desired = ServiceDesired::Stopped as i32;
+    s
+}
+
+fn label(mut t: Task, key: &str) -> Task {
+    t.meta
+        .get_or_insert_with(Default::default)
+        .labels
+        .insert(key.to_string(), "true".to_string());
+    t
+}
+
+#[test]
+fn stop_and_down_go_in_reverse_dependency_order() {
+    let db = service("s", spec("db"));
+    let app = service("s", dep(spec("app"), "db", Dc::Started));
+    let running = |a: &Service, d: &Service| {
+        vec![
+            task(d, 1, "d1", "n1", S::Running),
+            task(a, 1, "a1", "n1", S::Running),
+        ]
+    };
+    // stop: only the dependent is told first.
+    let snap = snapshot(
+        vec![stopped(db.clone()), stopped(app.clone())],
+        running(&app, &db),
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put("app", 1, "a1", "shutdown", "running", "n1")]
+    );
+    // The dependent is still stopping (desired shutdown, running): still wait.
+    let mut tasks = running(&app, &db);
+    tasks[1] = desired(tasks[1].clone(), S::Shutdown);
+    let snap = snapshot(
+        vec![stopped(db.clone()), stopped(app.clone())],
+        tasks.clone(),
+        vec![ready("n1")],
+    );
+    assert_eq!(decide(&snap, 100), Vec::<String>::new());
+    // Once it exited, the dependency goes.
+    tasks[1] = exited(tasks[1].clone(), S::Shutdown, 0, 99);
+    let snap = snapshot(
+        vec![stopped(db.clone()), stopped(app.clone())],
+        tasks,
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put("db", 1, "d1", "shutdown", "running", "n1")]
+    );
+    // Stopping only the dependency does not wait for a dependent that stays.
+    let snap = snapshot(
+        vec![stopped(db.clone()), app.clone()],
+        running(&app, &db),
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put("db", 1, "d1", "shutdown", "running", "n1")]
+    );
+    // down (the stack is being removed): same order.
+    let mut snap = snapshot(
+        vec![db.clone(), app.clone()],
+        running(&app, &db),
+        vec![ready("n1")],
+    );
+    snap.stacks[0]
+        .meta
+        .get_or_insert_with(Default::default)
+        .labels
+        .insert(LABEL_REMOVING.to_string(), "true".to_string());
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put("app", 1, "a1", "shutdown", "running", "n1")]
+    );
+}
+
+#[test]
+fn removed_tasks_are_deleted_and_not_replaced() {
+    let web = stopped(service("s", spec("web")));
+    let t = desired(
+        exited(task(&web, 1, "w1", "n1", S::Running), S::Shutdown, 0, 90),
+        S::Remove,
+    );
+    // Waiting for the node to remove the container.
+    let snap = snapshot(vec![web.clone()], vec![t.clone()], vec![ready("n1")]);
+    assert_eq!(decide(&snap, 100), Vec::<String>::new());
+    // Removed on the node: deleted.
+    let mut gone = t.clone();
+    gone.status.as_mut().unwrap().state = S::Remove as i32;
+    let snap = snapshot(vec![web.clone()], vec![gone.clone()], vec![ready("n1")]);
+    assert_eq!(
+        decide(&snap, 100),
+        vec!["delete task web#1 w1 desired=remove state=remove node=n1".to_string()]
+    );
+    // A service started again after rm gets a fresh task in the slot.
+    let mut running = web.clone();
+    running.desired = ServiceDesired::Running as i32;
+    let snap = snapshot(vec![running], vec![], vec![ready("n1")]);
+    assert_eq!(decide(&snap, 100), vec![new_task("web", 1)]);
+}
+
+#[test]
+fn oneoff_tasks_wait_for_dependencies_and_are_never_slots() {
+    let db = service("s", spec("db"));
+    let app = service("s", dep(spec("app"), "db", Dc::Started));
+    let run = |id: &str| {
+        let mut t = label(
+            desired(
+                task(&app, ONEOFF_SLOT_BASE, id, "n1", S::Created),
+                S::Created,
+            ),
+            LABEL_ONEOFF,
+        );
+        t.spec_hash = "whatever".into();
+        t
+    };
+    // The service itself is scaled to 0: the one-off task is not drained.
+    let mut app0 = app.clone();
+    app0.spec.as_mut().unwrap().replicas = Some(0);
+    let snap = snapshot(
+        vec![db.clone(), app0.clone()],
+        vec![run("r1"), task(&db, 1, "d1", "n1", S::Starting)],
+        vec![ready("n1")],
+    );
+    assert_eq!(decide(&snap, 100), Vec::<String>::new());
+    // The dependency runs: the one-off task is started.
+    let snap = snapshot(
+        vec![db.clone(), app0.clone()],
+        vec![run("r1"), task(&db, 1, "d1", "n1", S::Running)],
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put(
+            "app",
+            ONEOFF_SLOT_BASE,
+            "r1",
+            "running",
+            "created",
+            "n1"
+        )]
+    );
+    // --no-deps: started at once.
+    let snap = snapshot(
+        vec![db.clone(), app0.clone()],
+        vec![label(run("r1"), LABEL_NO_DEPS)],
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        sorted(vec![
+            new_task("db", 1),
+            put("app", ONEOFF_SLOT_BASE, "r1", "running", "created", "n1")
+        ])
+    );
+    // A failed one-off task is not restarted; with --rm it is removed later.
+    let mut done = exited(desired(run("r1"), S::Running), S::Failed, 3, 90);
+    done.auto_remove = true;
+    let snap = snapshot(vec![app0.clone()], vec![done.clone()], vec![ready("n1")]);
+    assert_eq!(decide(&snap, 100), Vec::<String>::new());
+    let later = 90 + (AUTO_REMOVE_AFTER_MS / 1000) as i64;
+    assert_eq!(
+        decide(&snap, later),
+        vec![put("app", ONEOFF_SLOT_BASE, "r1", "remove", "failed", "n1")]
+    );
+}
+
+#[test]
+fn created_tasks_are_made_at_once_and_started_in_dependency_order() {
+    let mut db = service("s", spec("db"));
+    let mut app = service("s", dep(spec("app"), "db", Dc::Started));
+    db.desired = ServiceDesired::Created as i32;
+    app.desired = ServiceDesired::Created as i32;
+    let snap = snapshot(vec![db.clone(), app.clone()], vec![], vec![ready("n1")]);
+    let made: Vec<String> = decide(&snap, 100);
+    assert_eq!(
+        made,
+        sorted(vec![
+            "put task app#1 new desired=created state=new node=".to_string(),
+            "put task db#1 new desired=created state=new node=".to_string(),
+        ])
+    );
+    // start: db first; app stays created until db runs.
+    db.desired = ServiceDesired::Running as i32;
+    app.desired = ServiceDesired::Running as i32;
+    let created = |svc: &Service, id: &str| desired(task(svc, 1, id, "n1", S::Created), S::Created);
+    let snap = snapshot(
+        vec![db.clone(), app.clone()],
+        vec![created(&db, "d1"), created(&app, "a1")],
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put("db", 1, "d1", "running", "created", "n1")]
+    );
+    let snap = snapshot(
+        vec![db.clone(), app.clone()],
+        vec![task(&db, 1, "d1", "n1", S::Running), created(&app, "a1")],
+        vec![ready("n1")],
+    );
+    assert_eq!(
+        decide(&snap, 100),
+        vec![put("app", 1, "a1", "running", "created", "n1")]
+    );
+}

@@ -19,6 +19,8 @@
 //! acts on ids under its own state dir), or hold a container's life in the
 //! calling process (the shim owns it, so the caller may die at any time).
 
+pub mod cgroup_ops;
+mod copy;
 mod devices;
 mod exec;
 mod init;
@@ -39,6 +41,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 
 use crate::shim::protocol::{self, CallError, Request, Response, ShimConfig, ShimStatus};
+pub(crate) use copy::helper_main as copy_helper_main;
+pub use copy::CopyDirection;
 pub(crate) use exec::helper_main as exec_helper_main;
 pub use exec::{exit_code_of, ExecError, ExecOutput, ExecSpec, EXEC_KILLED, EXEC_START_FAILED};
 pub use rootfs::is_mounted;
@@ -303,6 +307,12 @@ pub enum ContainerError {
     Timeout { id: String },
     #[error("removing container {id}: {message}")]
     Remove { id: String, message: String },
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    #[error("container {id}: {message}")]
+    Cgroup { id: String, message: String },
+    #[error("copying files of container {id}: {message}")]
+    Copy { id: String, message: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -399,6 +409,72 @@ impl Runtime {
     /// The container's root filesystem mount point on the host.
     pub fn rootfs_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("bundle").join("rootfs")
+    }
+
+    /// The container's cgroup directories by controller, for
+    /// [`cgroup_ops`].
+    pub fn cgroup_files(&self, id: &str) -> cgroup_ops::CgroupFiles {
+        let rel = self.cgroup_rel(id);
+        let rel = rel.trim_start_matches('/');
+        let mut files = cgroup_ops::CgroupFiles::default();
+        for (mount, ctrls) in &self.cgroups.v1 {
+            for c in ctrls {
+                files.v1.insert(c.clone(), mount.join(rel));
+            }
+        }
+        files.v2 = self.cgroups.v2.as_ref().map(|m| m.join(rel));
+        files
+    }
+
+    /// The container's init pid, if it runs.
+    fn running_pid(&self, id: &str) -> Result<i32, ContainerError> {
+        let info = self.inspect(id)?;
+        match (info.state, info.pid) {
+            (ContainerState::Running, Some(pid)) => Ok(pid),
+            _ => Err(ContainerError::NotRunning { id: id.into() }),
+        }
+    }
+
+    fn cgroup_op_err(id: &str) -> impl FnOnce(cgroup_ops::CgroupOpError) -> ContainerError + '_ {
+        move |e| ContainerError::Cgroup {
+            id: id.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Freezes every process of a running container (`pause`).
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        self.running_pid(id)?;
+        self.cgroup_files(id)
+            .freeze()
+            .map_err(Self::cgroup_op_err(id))
+    }
+
+    /// Thaws a paused container (`unpause`).
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        self.load_meta(id)?;
+        self.cgroup_files(id)
+            .thaw()
+            .map_err(Self::cgroup_op_err(id))
+    }
+
+    pub fn is_paused(&self, id: &str) -> Result<bool, ContainerError> {
+        self.load_meta(id)?;
+        self.cgroup_files(id)
+            .is_frozen()
+            .map_err(Self::cgroup_op_err(id))
+    }
+
+    /// One resource-usage sample of a running container.
+    pub fn stats(&self, id: &str) -> Result<cgroup_ops::StatsSample, ContainerError> {
+        let pid = self.running_pid(id)?;
+        Ok(cgroup_ops::sample(&self.cgroup_files(id), Some(pid)))
+    }
+
+    /// The processes of a running container.
+    pub fn top(&self, id: &str) -> Result<Vec<cgroup_ops::ProcessEntry>, ContainerError> {
+        let pid = self.running_pid(id)?;
+        cgroup_ops::processes(&self.cgroup_files(id), Some(pid)).map_err(Self::cgroup_op_err(id))
     }
 
     /// Every cgroup directory the container may have (one per hierarchy),

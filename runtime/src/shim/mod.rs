@@ -60,6 +60,9 @@ pub fn main(args: Vec<String>) -> i32 {
     match rest.as_slice() {
         ["run", dir] => run(Path::new(dir)),
         ["exec", dir, request] => crate::container::exec_helper_main(Path::new(dir), request),
+        [dir @ ("cp-from" | "cp-to"), pid, path] => {
+            crate::container::copy_helper_main(dir, pid, path)
+        }
         _ => {
             eprintln!("usage: <exe> shim run <container dir>");
             2
