@@ -71,6 +71,37 @@ fn top_and_stats_show_the_running_containers() {
         String::from_utf8_lossy(&missing.stderr)
     );
 
+    // exec: stdin is streamed in (-T, no terminal), -u picks the user, -t
+    // gives the command a terminal made inside the container.
+    d.ok(&dir, &["cp", "/bin/busybox", "store:/busybox"]);
+    let mut child = std::process::Command::new(flotilla_bin())
+        .args(["exec", "-T", "store", "/busybox", "sh", "-c", "/busybox tr a-z A-Z; echo err >&2; exit 5"])
+        .current_dir(&dir)
+        .envs(d.env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"streamed in\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "STREAMED IN\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    let id = d.ok(&dir, &["exec", "-T", "-u", "1234:5678", "store", "/busybox", "id"]);
+    assert!(id.starts_with("uid=1234 gid=5678"), "{id}");
+
+    let tty = d.ok(&dir, &["exec", "-t", "store", "/busybox", "tty"]);
+    assert!(tty.trim().starts_with("/dev/pts/"), "{tty}");
+
+    let missing = d.cli_in(&dir, &["exec", "-T", "store", "/no/such/binary"]);
+    assert_eq!(missing.status.code(), Some(126), "{missing:?}");
+
     // A service that does not exist is a clear error.
     let bad = d.cli_in(&dir, &["top", "nosuch"]);
     assert!(!bad.status.success());

@@ -51,7 +51,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl NodeService {
-    fn node_id(&self) -> String {
+    pub(crate) fn node_id(&self) -> String {
         self.node_id.lock().map(|g| g.clone()).unwrap_or_default()
     }
 }
@@ -280,6 +280,7 @@ impl NodeAgent for NodeService {
             env: req.env,
             cwd: (!req.workdir.is_empty()).then_some(req.workdir),
             timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
+            user: (!req.user.is_empty()).then_some(req.user),
         };
         let rt = self.runtime.clone();
         let cid = container_id(&req.task_id);

@@ -7,7 +7,10 @@
 use crate::node_service::{NodeService, OutStream};
 use crate::process::container_id;
 use flotilla_proto::v1 as pb;
-use flotilla_runtime::container::{ContainerError, CopyDirection, Runtime};
+use flotilla_runtime::container::pty::{set_window_size, ConsoleSocket};
+use flotilla_runtime::container::{ContainerError, CopyDirection, ExecError, ExecSpec, Runtime};
+use std::os::fd::AsFd;
+use std::time::Duration;
 use std::process::Stdio;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,11 +61,240 @@ async fn per_task<T: Send + 'static>(
     .map_err(|e| Status::internal(format!("container operation worker failed: {e}")))
 }
 
+/// What the client sends after the request, for the writer thread.
+enum Input {
+    Data(Vec<u8>),
+    Resize(u16, u16),
+    Eof,
+}
+
+fn size_of(t: &pb::TerminalSize) -> (u16, u16) {
+    (
+        u16::try_from(t.rows).unwrap_or(u16::MAX),
+        u16::try_from(t.cols).unwrap_or(u16::MAX),
+    )
+}
+
+/// Interactive exec: the first message carries the request; stdin, resizes
+/// and EOF follow. With `tty` the process gets a pty made in the container
+/// and its output comes back as stdout only; without, stdout and stderr are
+/// pipes. The last message carries the exit code.
 pub async fn exec_stream(
-    _svc: &NodeService,
-    _input: Streaming<pb::ExecInput>,
+    svc: &NodeService,
+    mut input: Streaming<pb::ExecInput>,
 ) -> Result<OutStream<pb::ExecOutput>, Status> {
-    Err(Status::unimplemented("interactive exec is not built yet"))
+    let first = match input.next().await {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Err(e),
+        None => return Err(Status::invalid_argument("exec stream closed before its request")),
+    };
+    let Some(req) = first.start else {
+        return Err(Status::invalid_argument(
+            "the first message of an exec stream must carry the request",
+        ));
+    };
+    known(svc, std::slice::from_ref(&req.task_id))?;
+    if req.args.is_empty() {
+        return Err(Status::invalid_argument("exec needs a command"));
+    }
+    let spec = ExecSpec {
+        args: req.args.clone(),
+        env: req.env.clone(),
+        cwd: (!req.workdir.is_empty()).then(|| req.workdir.clone()),
+        timeout: None,
+        user: (!req.user.is_empty()).then(|| req.user.clone()),
+    };
+    let cid = container_id(&req.task_id);
+    let rt = svc.runtime.clone();
+    let task_id = req.task_id.clone();
+    let (tx, rx) = mpsc::channel::<Result<pb::ExecOutput, Status>>(32);
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<Input>();
+    if req.tty {
+        let sock = rt.config().run_dir.join(format!(
+            "exec-{}-{}.tty",
+            std::process::id(),
+            EXEC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let size = req.size.as_ref().map(size_of);
+        let (child, master) = tokio::task::spawn_blocking(move || {
+            let console = ConsoleSocket::bind(&sock)
+                .map_err(|e| Status::internal(format!("console socket {}: {e}", sock.display())))?;
+            let mut child = rt
+                .exec_spawn_tty(&cid, &spec, console.path())
+                .map_err(exec_status)?;
+            let got = console.receive_master(Duration::from_secs(30), || {
+                child.try_wait().map(|s| s.is_some()).unwrap_or(true)
+            });
+            match got {
+                Ok(m) => Ok((child, m)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output();
+                    let msg = out
+                        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                        .unwrap_or_default();
+                    Err(Status::failed_precondition(if msg.is_empty() {
+                        format!("starting the exec: {e}")
+                    } else {
+                        msg
+                    }))
+                }
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("exec worker failed: {e}")))??;
+        if let Some((rows, cols)) = size {
+            let _ = set_window_size(master.as_fd(), rows, cols);
+        }
+        let writer = std::fs::File::from(
+            master
+                .try_clone()
+                .map_err(|e| Status::internal(format!("duplicating the terminal: {e}")))?,
+        );
+        spawn_writer(writer, in_rx, true);
+        let _ = tx.try_send(Ok(pb::ExecOutput {
+            task_id: task_id.clone(),
+            ..Default::default()
+        }));
+        let reader = std::fs::File::from(master);
+        std::thread::spawn(move || {
+            pump(reader, &tx, false);
+            finish_exec(child, &tx, true);
+        });
+    } else {
+        let mut child = tokio::task::spawn_blocking(move || rt.exec_spawn(&cid, &spec))
+            .await
+            .map_err(|e| Status::internal(format!("exec worker failed: {e}")))?
+            .map_err(exec_status)?;
+        if let Some(stdin) = child.stdin.take() {
+            spawn_writer(stdin, in_rx, false);
+        }
+        let _ = tx.try_send(Ok(pb::ExecOutput {
+            task_id: task_id.clone(),
+            ..Default::default()
+        }));
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let tx_out = tx.clone();
+        let tx_err = tx.clone();
+        let t_out = out.map(|o| std::thread::spawn(move || pump(o, &tx_out, false)));
+        let t_err = err.map(|e| std::thread::spawn(move || pump(e, &tx_err, true)));
+        std::thread::spawn(move || {
+            for t in [t_out, t_err].into_iter().flatten() {
+                let _ = t.join();
+            }
+            finish_exec(child, &tx, false);
+        });
+    }
+    // Client messages → the writer thread.
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = input.next().await {
+            if !m.stdin.is_empty() && in_tx.send(Input::Data(m.stdin)).is_err() {
+                return;
+            }
+            if let Some(r) = m.resize.as_ref() {
+                let (rows, cols) = size_of(r);
+                let _ = in_tx.send(Input::Resize(rows, cols));
+            }
+            if m.stdin_eof {
+                let _ = in_tx.send(Input::Eof);
+            }
+        }
+        // The client went away: its stdin is closed.
+        let _ = in_tx.send(Input::Eof);
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+static EXEC_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn exec_status(e: ExecError) -> Status {
+    match e {
+        ExecError::NotRunning { .. } => Status::failed_precondition(e.to_string()),
+        ExecError::NoCommand { .. } => Status::invalid_argument(e.to_string()),
+        ExecError::Container(c) => container_status(c),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+/// Writes the client's input to the process (a pipe, or the pty master,
+/// which also takes resizes; EOF on a terminal is ^D, as a user would type).
+fn spawn_writer<W: std::io::Write + AsFd + Send + 'static>(
+    mut w: W,
+    rx: std::sync::mpsc::Receiver<Input>,
+    tty: bool,
+) {
+    std::thread::spawn(move || {
+        while let Ok(m) = rx.recv() {
+            match m {
+                Input::Data(d) => {
+                    if w.write_all(&d).is_err() {
+                        return;
+                    }
+                }
+                Input::Resize(rows, cols) if tty => {
+                    let _ = set_window_size(w.as_fd(), rows, cols);
+                }
+                Input::Resize(..) => {}
+                Input::Eof if tty => {
+                    let _ = w.write_all(&[4]);
+                }
+                Input::Eof => return,
+            }
+        }
+    });
+}
+
+/// Copies one output of the process to the client until EOF (or EIO: a
+/// pty master reads EIO once the last slave fd closed).
+fn pump(
+    mut r: impl std::io::Read,
+    tx: &mpsc::Sender<Result<pb::ExecOutput, Status>>,
+    stderr: bool,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut o = pb::ExecOutput::default();
+                if stderr {
+                    o.stderr = buf[..n].to_vec();
+                } else {
+                    o.stdout = buf[..n].to_vec();
+                }
+                if tx.blocking_send(Ok(o)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the helper (its exit code is the process's) and sends the
+/// last message; on a terminal, the helper's own error lines go to stderr.
+fn finish_exec(
+    mut child: std::process::Child,
+    tx: &mpsc::Sender<Result<pb::ExecOutput, Status>>,
+    tty: bool,
+) {
+    let mut last = pb::ExecOutput::default();
+    if tty {
+        if let Some(mut e) = child.stderr.take() {
+            let mut msg = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut e, &mut msg);
+            last.stderr = msg;
+        }
+    }
+    match child.wait() {
+        Ok(st) => {
+            last.exit_code = Some(flotilla_runtime::container::exit_code_of(st));
+            let _ = tx.blocking_send(Ok(last));
+        }
+        Err(e) => {
+            let _ = tx.blocking_send(Err(Status::internal(format!("waiting for the exec: {e}"))));
+        }
+    }
 }
 
 pub async fn top(svc: &NodeService, req: pb::TopRequest) -> Result<pb::TopResponse, Status> {

@@ -217,3 +217,52 @@ fn cp_round_trips_and_symlinks_cannot_escape_the_container() {
     let err = env.rt.copy_from(&id, "data", &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("absolute"), "{err}");
 }
+
+#[test]
+fn exec_with_a_terminal_gets_a_container_pty_of_the_given_size_and_user() {
+    use flotilla_runtime::container::pty::{set_window_size, ConsoleSocket};
+    use flotilla_runtime::container::ExecSpec;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    let env = TestEnv::new("tty");
+    let spec = env.spec("sleeper", &["sleep", "1000"]);
+    let id = spec.id.clone();
+    env.rt.create(&spec).unwrap();
+
+    let console = ConsoleSocket::bind(&env.tmp.path().join("console.sock")).unwrap();
+    let exec = ExecSpec {
+        // Waits for a line so the size is set before it is read.
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "read x; tty; stty size; id -u; exit 3".into(),
+        ],
+        user: Some("app".into()),
+        ..Default::default()
+    };
+    let mut child = env.rt.exec_spawn_tty(&id, &exec, console.path()).unwrap();
+    let master = console
+        .receive_master(Duration::from_secs(20), || false)
+        .unwrap();
+    set_window_size(master.as_fd(), 41, 123).unwrap();
+    let mut term = std::fs::File::from(master);
+    term.write_all(b"go\n").unwrap();
+    let mut out = Vec::new();
+    // Reading the master fails with EIO once the process has exited.
+    let mut buf = [0u8; 1024];
+    loop {
+        match term.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&out).replace('\r', "");
+    assert_eq!(status.code(), Some(3), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{text}");
+    assert!(lines.contains(&"41 123"), "{text}");
+    assert!(lines.contains(&"1000"), "runs as app: {text}");
+}

@@ -41,10 +41,18 @@ pub struct ExecArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// No pseudo-terminal (accepted for Compose compatibility: exec never
-    /// allocates one yet).
+    /// No pseudo-terminal (the default when stdin is not a terminal).
     #[arg(short = 'T', long = "no-TTY")]
     pub no_tty: bool,
+    /// Keep stdin open (always on; accepted for Compose compatibility).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal even when stdin is not one.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run as this user (name or uid[:gid]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
     pub service: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
@@ -329,25 +337,7 @@ pub async fn kill(g: &Global, a: &KillArgs) -> Result<i32> {
 
 /// `flotilla exec SERVICE CMD...`: exits with the command's exit code.
 pub async fn exec(g: &Global, a: &ExecArgs) -> Result<i32> {
-    let stack = super::project_name(g)?;
-    let mut ctl = client::connect(g).await?;
-    let resp = ctl
-        .exec(pb::ExecRequest {
-            stack: stack.clone(),
-            service: a.service.clone(),
-            index: a.index,
-            args: a.command.clone(),
-            env: a.env.clone(),
-            workdir: a.workdir.clone().unwrap_or_default(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| client::status_err(&format!("exec in service {}", a.service), s))?
-        .into_inner();
-    let _ = std::io::stdout().write_all(&resp.stdout);
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().write_all(&resp.stderr);
-    Ok(resp.exit_code)
+    super::ops::exec(g, a).await
 }
 
 /// One event as a line of text, Compose-style.

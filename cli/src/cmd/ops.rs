@@ -446,3 +446,141 @@ async fn cp_to(
         .map_err(|s| client::status_err(&format!("copying into {svc}:{path}"), s))?;
     Ok(0)
 }
+
+/// Puts the local terminal in raw mode until dropped.
+struct RawMode {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+    }
+}
+
+fn terminal_size() -> Option<pb::TerminalSize> {
+    use std::os::fd::AsFd;
+    flotilla_runtime::container::pty::window_size(std::io::stdout().as_fd())
+        .or_else(|| flotilla_runtime::container::pty::window_size(std::io::stdin().as_fd()))
+        .map(|(rows, cols)| pb::TerminalSize {
+            rows: rows.into(),
+            cols: cols.into(),
+        })
+}
+
+/// `flotilla exec`: runs a command in a service's container with stdin,
+/// stdout and stderr attached; with a terminal (the default when stdin is
+/// one, as in Compose) the local terminal is raw and resizes follow.
+/// Exits with the command's exit code.
+pub async fn exec(g: &Global, a: &crate::cmd::lifecycle::ExecArgs) -> Result<i32> {
+    use futures::StreamExt;
+    use std::io::IsTerminal;
+    let stack = super::project_name(g)?;
+    let tty = a.tty || (!a.no_tty && std::io::stdin().is_terminal());
+    let mut ctl = client::connect(g).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ExecInput>(16);
+    let _ = tx
+        .send(pb::ExecInput {
+            start: Some(pb::ExecRequest {
+                stack: stack.clone(),
+                service: a.service.clone(),
+                index: a.index,
+                args: a.command.clone(),
+                env: a.env.clone(),
+                workdir: a.workdir.clone().unwrap_or_default(),
+                user: a.user.clone().unwrap_or_default(),
+                tty,
+                interactive: true,
+                size: if tty { terminal_size() } else { None },
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let mut out = ctl
+        .exec_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| client::status_err(&format!("exec in service {}", a.service), s))?
+        .into_inner();
+    // Stdin on a plain thread: a blocked read must not keep the runtime
+    // from shutting down when the command exits.
+    let stdin_tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = stdin_tx.blocking_send(pb::ExecInput {
+                        stdin_eof: true,
+                        ..Default::default()
+                    });
+                    return;
+                }
+                Ok(n) => {
+                    let m = pb::ExecInput {
+                        stdin: buf[..n].to_vec(),
+                        ..Default::default()
+                    };
+                    if stdin_tx.blocking_send(m).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let _raw = if tty { RawMode::enter() } else { None };
+    if tty {
+        let resize_tx = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                let m = pb::ExecInput {
+                    resize: terminal_size(),
+                    ..Default::default()
+                };
+                if resize_tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    while let Some(m) = out.next().await {
+        let m = m.map_err(|s| client::status_err(&format!("exec in service {}", a.service), s))?;
+        if !m.stdout.is_empty() {
+            let _ = stdout.write_all(&m.stdout);
+            let _ = stdout.flush();
+        }
+        if !m.stderr.is_empty() {
+            let _ = stderr.write_all(&m.stderr);
+            let _ = stderr.flush();
+        }
+        if let Some(code) = m.exit_code {
+            return Ok(code);
+        }
+    }
+    anyhow::bail!("exec in service {}: the stream ended without an exit code", a.service)
+}

@@ -44,6 +44,9 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Killed with SIGKILL after this long (None: no limit).
     pub timeout: Option<Duration>,
+    /// User name or uid[:gid], resolved in the container's /etc/passwd;
+    /// None: the container's user.
+    pub user: Option<String>,
 }
 
 /// The result of a process run to completion with captured output.
@@ -79,6 +82,28 @@ impl Runtime {
     /// process, whose stdin/stdout/stderr are the process's (pipes) and whose
     /// exit code is the process's. For streaming callers; see [`Runtime::exec`].
     pub fn exec_spawn(&self, id: &str, spec: &ExecSpec) -> Result<Child, ExecError> {
+        self.exec_spawn_inner(id, spec, None)
+    }
+
+    /// Like [`Runtime::exec_spawn`], with a terminal: the process gets a pty
+    /// made in the container, whose master is sent to `console` (receive it
+    /// with [`super::pty::ConsoleSocket::receive_master`]). The helper's own
+    /// stdout stays unused; its stderr carries its error message.
+    pub fn exec_spawn_tty(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        console: &Path,
+    ) -> Result<Child, ExecError> {
+        self.exec_spawn_inner(id, spec, Some(console))
+    }
+
+    fn exec_spawn_inner(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+        console: Option<&Path>,
+    ) -> Result<Child, ExecError> {
         if spec.args.is_empty() {
             return Err(ExecError::NoCommand { id: id.into() });
         }
@@ -93,6 +118,7 @@ impl Runtime {
             id: id.to_string(),
             libcontainer_root: self.libcontainer_root(),
             spec: spec.clone(),
+            console_socket: console.map(Path::to_path_buf),
         };
         // A struct of strings and paths always serializes.
         let json = serde_json::to_string(&req).unwrap_or_default();
@@ -189,6 +215,8 @@ struct HelperRequest {
     id: String,
     libcontainer_root: PathBuf,
     spec: ExecSpec,
+    #[serde(default)]
+    console_socket: Option<PathBuf>,
 }
 
 /// The helper: `shim exec <container dir> <json>`. Single-threaded; its
@@ -226,7 +254,17 @@ fn helper(dir: &Path, json: &str) -> Result<i32, (i32, String)> {
     if let Some(cwd) = &req.spec.cwd {
         process.set_cwd(PathBuf::from(cwd));
     }
-    process.set_terminal(Some(false));
+    if let Some(user) = &req.spec.user {
+        let rootfs = dir.join("bundle").join("rootfs");
+        let u = super::user::resolve(&rootfs, user)
+            .map_err(|m| fail(format!("exec user {user:?}: {m}")))?;
+        let mut pu = process.user().clone();
+        pu.set_uid(u.uid);
+        pu.set_gid(u.gid);
+        pu.set_additional_gids(Some(u.additional_gids.clone()));
+        process.set_user(pu);
+    }
+    process.set_terminal(Some(req.console_socket.is_some()));
     // The tenant builder reads the process from a file; it lives only for
     // the build, beside the container's other state.
     let proc_path = dir.join(format!("exec-{}.json", std::process::id()));
@@ -251,9 +289,12 @@ fn helper(dir: &Path, json: &str) -> Result<i32, (i32, String)> {
             b.with_stdin(i)
                 .with_stdout(o)
                 .with_stderr(e)
+                .with_console_socket(req.console_socket.as_ref())
                 .as_tenant()
                 .with_process(Some(&proc_path))
-                .with_detach(false)
+                // libcontainer hands a terminal to a console socket only for
+                // a "detached" process; the helper still waits for it below.
+                .with_detach(req.console_socket.is_some())
                 .build()
         });
     let _ = std::fs::remove_file(&proc_path);

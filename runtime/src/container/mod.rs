@@ -21,6 +21,7 @@
 
 pub mod cgroup_ops;
 mod copy;
+pub mod pty;
 mod devices;
 mod exec;
 mod init;
