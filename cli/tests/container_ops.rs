@@ -75,7 +75,15 @@ fn top_and_stats_show_the_running_containers() {
     // gives the command a terminal made inside the container.
     d.ok(&dir, &["cp", "/bin/busybox", "store:/busybox"]);
     let mut child = std::process::Command::new(flotilla_bin())
-        .args(["exec", "-T", "store", "/busybox", "sh", "-c", "/busybox tr a-z A-Z; echo err >&2; exit 5"])
+        .args([
+            "exec",
+            "-T",
+            "store",
+            "/busybox",
+            "sh",
+            "-c",
+            "/busybox tr a-z A-Z; echo err >&2; exit 5",
+        ])
         .current_dir(&dir)
         .envs(d.env())
         .stdin(std::process::Stdio::piped())
@@ -93,7 +101,10 @@ fn top_and_stats_show_the_running_containers() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "STREAMED IN\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
-    let id = d.ok(&dir, &["exec", "-T", "-u", "1234:5678", "store", "/busybox", "id"]);
+    let id = d.ok(
+        &dir,
+        &["exec", "-T", "-u", "1234:5678", "store", "/busybox", "id"],
+    );
     assert!(id.starts_with("uid=1234 gid=5678"), "{id}");
 
     let tty = d.ok(&dir, &["exec", "-t", "store", "/busybox", "tty"]);

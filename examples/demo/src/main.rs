@@ -38,6 +38,7 @@ client (prints the body; exit 0 only on a 2xx status):
 helpers:
   sleep [SECONDS]       sleep (forever without SECONDS); SIGTERM exits 0
   stubborn              sleep forever ignoring SIGTERM and SIGINT
+  tick MS [N CODE]      print tick K every MS ms; after N ticks exit CODE
   echo ARGS...          print ARGS
   env                   print the environment
   hostname              print /proc/sys/kernel/hostname
@@ -119,6 +120,26 @@ fn run(role: &str, args: &[String]) -> Result<ExitCode, Error> {
                 None => sleep_forever(),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        "tick" => {
+            // `tick MS [N CODE]`: prints "tick K" every MS milliseconds; after
+            // N ticks exits with CODE (forever when N is absent).
+            let ms: u64 = arg(args, 0, "MS")?
+                .parse()
+                .map_err(|_| Error::Usage("tick: MS must be a number".into()))?;
+            let limit: Option<u64> = args.get(1).and_then(|n| n.parse().ok());
+            let code: i32 = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let mut out = std::io::stdout();
+            let mut k = 0u64;
+            loop {
+                k += 1;
+                writeln!(out, "tick {k}").map_err(|e| Error::io("writing to stdout", e))?;
+                out.flush().map_err(|e| Error::io("writing to stdout", e))?;
+                if limit.is_some_and(|n| k >= n) {
+                    std::process::exit(code);
+                }
+                thread::sleep(Duration::from_millis(ms));
+            }
         }
         "stubborn" => {
             println!("demo stubborn: ignoring SIGTERM and SIGINT");
