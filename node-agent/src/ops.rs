@@ -10,9 +10,9 @@ use flotilla_proto::v1 as pb;
 use flotilla_runtime::container::pty::{set_window_size, ConsoleSocket};
 use flotilla_runtime::container::{ContainerError, CopyDirection, ExecError, ExecSpec, Runtime};
 use std::os::fd::AsFd;
-use std::time::Duration;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -86,7 +86,11 @@ pub async fn exec_stream(
     let first = match input.next().await {
         Some(Ok(m)) => m,
         Some(Err(e)) => return Err(e),
-        None => return Err(Status::invalid_argument("exec stream closed before its request")),
+        None => {
+            return Err(Status::invalid_argument(
+                "exec stream closed before its request",
+            ))
+        }
     };
     let Some(req) = first.start else {
         return Err(Status::invalid_argument(

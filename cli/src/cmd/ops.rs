@@ -582,5 +582,8 @@ pub async fn exec(g: &Global, a: &crate::cmd::lifecycle::ExecArgs) -> Result<i32
             return Ok(code);
         }
     }
-    anyhow::bail!("exec in service {}: the stream ended without an exit code", a.service)
+    anyhow::bail!(
+        "exec in service {}: the stream ended without an exit code",
+        a.service
+    )
 }

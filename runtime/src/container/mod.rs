@@ -21,10 +21,10 @@
 
 pub mod cgroup_ops;
 mod copy;
-pub mod pty;
 mod devices;
 mod exec;
 mod init;
+pub mod pty;
 mod rootfs;
 mod seccomp;
 mod spec;

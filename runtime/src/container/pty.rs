@@ -50,14 +50,20 @@ impl ConsoleSocket {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(false)?;
-                    stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))))?;
+                    stream.set_read_timeout(Some(
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(10)),
+                    ))?;
                     return recv_fd(stream.as_raw_fd());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
             if gave_up() {
-                return Err(io::Error::other("the exec ended before its terminal was set up"));
+                return Err(io::Error::other(
+                    "the exec ended before its terminal was set up",
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
@@ -97,7 +103,9 @@ fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
             }
         }
     }
-    Err(io::Error::other("the console socket message carried no file descriptor"))
+    Err(io::Error::other(
+        "the console socket message carried no file descriptor",
+    ))
 }
 
 /// Sets the terminal's window size (the process gets SIGWINCH).
