@@ -334,14 +334,20 @@ impl Executor {
         mut stop: watch::Receiver<bool>,
     ) {
         let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(256);
-        // Re-adopt the containers our shims still own.
+        // Re-adopt the containers our shims still own, after removing what
+        // a create cut short by our death left half-made.
         let adopted = {
             let rt = self.runtime.clone();
-            tokio::task::spawn_blocking(move || rt.list())
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = rt.sweep_incomplete() {
+                    tracing::warn!("sweeping half-made containers: {e}");
+                }
+                rt.list()
+            })
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default()
         };
         let mut adopted: HashMap<String, ContainerInfo> = adopted
             .into_iter()

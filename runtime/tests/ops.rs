@@ -266,3 +266,56 @@ fn exec_with_a_terminal_gets_a_container_pty_of_the_given_size_and_user() {
     assert!(lines.contains(&"41 123"), "{text}");
     assert!(lines.contains(&"1000"), "runs as app: {text}");
 }
+
+#[test]
+fn a_create_cut_short_is_swept_and_the_id_can_be_used_again() {
+    let env = TestEnv::new("sweep");
+    let spec = env.spec("half", &["sleep", "1000"]);
+    let id = spec.id.clone();
+    // What a creator killed right after making the directory and mounting
+    // the overlay leaves: no meta.json, a mounted rootfs, a cgroup dir.
+    let dir = env.cfg.state_dir.join(&id);
+    let (upper, work, rootfs) = (
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("bundle/rootfs"),
+    );
+    for d in [&upper, &work, &rootfs] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        env.layer.display(),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .unwrap();
+    assert!(flotilla_runtime::container::is_mounted(&rootfs));
+    let cg = env.rt.cgroup_dirs(&id).into_iter().next().unwrap();
+    std::fs::create_dir_all(&cg).unwrap();
+    // A healthy container beside it must be left alone.
+    let keep = env.spec("keep", &["sleep", "1000"]);
+    env.rt.create(&keep).unwrap();
+
+    // Not listed (it never existed as a container)...
+    assert!(env.rt.list().unwrap().iter().all(|c| c.id != id));
+    // ...and blocking its id until swept.
+    assert!(env.rt.create(&spec).is_err());
+    assert_eq!(env.rt.sweep_incomplete().unwrap(), vec![id.clone()]);
+    assert!(!flotilla_runtime::container::is_mounted(&rootfs));
+    assert!(!dir.exists());
+    assert!(!cg.exists());
+    assert_eq!(
+        env.rt.inspect(&keep.id).unwrap().state,
+        flotilla_runtime::container::ContainerState::Running
+    );
+    env.rt.create(&spec).unwrap();
+    assert_eq!(env.rt.sweep_incomplete().unwrap(), Vec::<String>::new());
+}

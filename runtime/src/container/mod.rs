@@ -833,6 +833,41 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Removes what a create cut short left behind: a container directory
+    /// without its meta.json (the creator died before writing it, so no shim
+    /// ever ran for it). Its overlay is unmounted and its cgroup directories
+    /// removed. Containers with a meta.json are never touched here: they are
+    /// listed (as exited or unknown when their shim is gone) and removed
+    /// through [`Runtime::remove`]. Returns the ids swept.
+    pub fn sweep_incomplete(&self) -> Result<Vec<String>, ContainerError> {
+        let dir = &self.cfg.state_dir;
+        let mut swept = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err("listing", dir))? {
+            let entry = entry.map_err(io_err("listing", dir))?;
+            let path = entry.path();
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if validate_id(&id).is_err() || !path.is_dir() || path.join("meta.json").exists() {
+                continue;
+            }
+            rootfs::unmount(&self.rootfs_path(&id)).map_err(|message| ContainerError::Remove {
+                id: id.clone(),
+                message,
+            })?;
+            for cg in self.cgroup_dirs(&id) {
+                // Only an empty cgroup can be removed; one with processes in
+                // it is not a half-made container and stays.
+                let _ = std::fs::remove_dir(&cg);
+            }
+            let _ = std::fs::remove_file(self.socket(&id));
+            std::fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
+            tracing::info!(id = %id, "removed a container that was never fully created");
+            swept.push(id);
+        }
+        Ok(swept)
+    }
+
     pub fn inspect(&self, id: &str) -> Result<ContainerInfo, ContainerError> {
         let meta = self.load_meta(id)?;
         match self.call(id, &Request::State, Some(CALL_TIMEOUT)) {
