@@ -10,6 +10,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 
 cargo build --release -p flotilla
 install -m 0755 "$CARGO_TARGET_DIR/release/flotilla" /usr/local/bin/flotilla
+install -m 0755 "$CARGO_TARGET_DIR/release/flotilla-shim-monitor" /usr/local/bin/flotilla-shim-monitor
 
 tarball=$(mktemp --suffix=.tar)
 trap 'rm -f "$tarball"' EXIT

@@ -112,7 +112,12 @@ impl Daemon {
         let state = self.dir.join("flotilla-state").display().to_string();
         let shims = processes()
             .into_iter()
-            .filter(|p| p.0 != pid && p.3.contains(" shim run ") && p.3.contains(&state))
+            .filter(|p| {
+                // A shim execs into the lean monitor once its container runs.
+                p.0 != pid
+                    && (p.3.contains(" shim run ") || p.3.contains("flotilla-shim-monitor "))
+                    && p.3.contains(&state)
+            })
             .map(|p| crate::util::mem_of(p.0).unwrap_or_default())
             .collect();
         (crate::util::mem_of(pid).unwrap_or_default(), shims)

@@ -135,6 +135,10 @@ pub enum Command {
     Stats(crate::cmd::ops::StatsArgs),
     /// Copy files between a service's container and the local filesystem.
     Cp(crate::cmd::ops::CpArgs),
+    /// Pull the services' images.
+    Pull(crate::cmd::pull::PullArgs),
+    /// Push the services' images to their registries.
+    Push(crate::cmd::pull::PushArgs),
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +195,9 @@ pub struct UpArgs {
     /// Exit with this service's exit code (implies --abort-on-container-exit).
     #[arg(long, value_name = "SERVICE", conflicts_with = "detach")]
     pub exit_code_from: Option<String>,
+    /// Pull images before starting (overrides each service's pull_policy).
+    #[arg(long, value_parser = ["always", "missing", "never"])]
+    pub pull: Option<String>,
     /// Services to start (default: all).
     pub services: Vec<String>,
 }
@@ -297,8 +304,25 @@ pub enum ImageCmd {
         /// The reference to tag it with (name[:tag]).
         reference: String,
     },
-    /// Remove an image.
-    Rm { reference: String },
+    /// Remove an image (refused while a container uses it, unless -f).
+    Rm {
+        /// Remove even if a container uses it.
+        #[arg(short = 'f', long)]
+        force: bool,
+        reference: String,
+    },
+    /// Pull an image from a registry onto every node.
+    Pull(crate::cmd::image::ImagePullArgs),
+    /// Push an image to its registry.
+    Push(crate::cmd::image::ImagePushArgs),
+    /// Write images to a tar archive (`docker save` format).
+    Save(crate::cmd::image::ImageSaveArgs),
+    /// Give an image another name (TARGET) on every node that has it.
+    Tag(crate::cmd::image::ImageTagArgs),
+    /// Show images as JSON.
+    Inspect(crate::cmd::image::ImageInspectArgs),
+    /// Remove unused images.
+    Prune(crate::cmd::image::ImagePruneArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -113,6 +113,15 @@ fn top_and_stats_show_the_running_containers() {
     let missing = d.cli_in(&dir, &["exec", "-T", "store", "/no/such/binary"]);
     assert_eq!(missing.status.code(), Some(126), "{missing:?}");
 
+    // The image a running container uses cannot be removed without -f.
+    let rm = d.cli_in(&dir, &["image", "rm", "flotilla-demo:test"]);
+    assert!(!rm.status.success());
+    assert!(
+        String::from_utf8_lossy(&rm.stderr).contains("used by a container"),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+
     // A service that does not exist is a clear error.
     let bad = d.cli_in(&dir, &["top", "nosuch"]);
     assert!(!bad.status.success());

@@ -210,9 +210,15 @@ fn bad_input_fails_with_one_clear_line_and_touches_nothing() {
             vec!["up", "-d", "-f", "broken.yaml"],
             "broken.yaml:",
         ),
+        // Pulls go only to loopback: nothing listens on port 9 there.
         (
-            "services:\n  web:\n    image: not-there:1.0\n",
+            "services:\n  web:\n    image: 127.0.0.1:9/not-there:1.0\n",
             vec!["up", "-d", "-f", "noimage.yaml"],
+            "not-there:1.0",
+        ),
+        (
+            "services:\n  web:\n    image: not-there:1.0\n    pull_policy: never\n",
+            vec!["up", "-d", "-f", "neverpull.yaml"],
             "not-there:1.0",
         ),
     ];

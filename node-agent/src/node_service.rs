@@ -181,9 +181,26 @@ impl NodeAgent for NodeService {
         &self,
         req: Request<pb::RemoveImageRequest>,
     ) -> Result<Response<pb::RemoveImageResponse>, Status> {
-        let r = req.into_inner().reference;
+        let req = req.into_inner();
+        let (r, force) = (req.reference, req.force);
         let store = self.images.clone();
+        let runtime = self.runtime.clone();
+        let tasks = self.tasks.clone();
         let removed = blocking(move || {
+            if !force {
+                // As Docker: an image a container uses stays unless forced.
+                let img = store
+                    .resolve(&r)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .ok_or_else(|| Status::not_found(format!("no such image: {r}")))?;
+                let used = crate::image_verbs::images_in_use(&runtime, &tasks, &store)?;
+                if used.contains(&img.id) {
+                    return Err(Status::failed_precondition(format!(
+                        "image {r} ({}) is used by a container on this node; stop it first or remove with -f",
+                        img.id
+                    )));
+                }
+            }
             store
                 .remove(&r)
                 .map_err(|e| Status::not_found(e.to_string()))

@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
-use flotilla_runtime::image::{HealthConfig, ImageConfig, ImageError, ImageStore};
+use flotilla_runtime::image::{HealthConfig, ImageConfig, ImageError, ImageStore, SaveFormat};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
@@ -900,4 +900,87 @@ fn skopeo_written_archives_load() {
         .file_type()
         .is_char_device());
     assert_eq!(fs::read(dirs[0].join("bin/busybox")).unwrap(), bb);
+}
+
+#[test]
+fn tag_prune_and_oci_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&tmp.path().join("s")).unwrap();
+    let shared = layer(&[E::File("shared", b"base")]);
+    let mk = |marker, tags, own: &[u8]| TestImage {
+        layers: vec![shared.clone(), layer(&[E::File("own", own)])],
+        tags,
+        marker,
+    };
+    let a = store
+        .load_archive(&docker_save_legacy(&[mk("a", vec!["a:1"], b"a")])[..])
+        .unwrap()
+        .remove(0);
+    let b = store
+        .load_archive(&docker_save_legacy(&[mk("b", vec!["b:1"], b"b")])[..])
+        .unwrap()
+        .remove(0);
+
+    // tag: a second name; unknown sources and digest targets are refused.
+    let t = store.tag("a:1", "registry.test:5000/team/a:2").unwrap();
+    assert_eq!(t.id, a.id);
+    assert_eq!(t.references, vec!["a:1", "registry.test:5000/team/a:2"]);
+    let e = store.tag("nosuch:1", "x:1").unwrap_err();
+    assert!(matches!(e, ImageError::NotFound { .. }), "{e}");
+    assert!(store
+        .tag("a:1", &format!("x@sha256:{}", "0".repeat(64)))
+        .is_err());
+    // read_blob gives the stored config and manifest, byte for byte.
+    assert_eq!(sha(&store.read_blob(&a.id).unwrap()), a.id);
+    assert_eq!(
+        sha(&store.read_blob(&a.manifest_digest).unwrap()),
+        a.manifest_digest
+    );
+
+    // Moving b's only tag to a leaves b dangling.
+    store.tag("a:1", "b:1").unwrap();
+    assert!(store.resolve(&b.id).unwrap().unwrap().references.is_empty());
+
+    // prune (dangling only) never deletes an image in use.
+    let in_use: std::collections::BTreeSet<String> = [b.id.clone()].into();
+    let (out, freed) = store.prune(false, &in_use).unwrap();
+    assert!(out.is_empty() && freed == 0, "{out:?}");
+    let (out, freed) = store.prune(false, &Default::default()).unwrap();
+    assert_eq!(out, vec![format!("Deleted: {}", b.id)]);
+    assert!(freed > 0);
+    assert!(store.resolve(&b.id).unwrap().is_none());
+    let a_dirs = store.layer_dirs(&a).unwrap();
+    assert!(a_dirs.iter().all(|d| d.is_dir()), "a's layers are kept");
+    assert!(
+        store.resolve("a:1").unwrap().is_some(),
+        "tagged images stay"
+    );
+
+    // OCI layout save: no docker files, loads back to the same image.
+    let mut oci = Vec::new();
+    store.save_as(&["a:1"], SaveFormat::Oci, &mut oci).unwrap();
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&oci[..]).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(names.contains(&"index.json".to_string()), "{names:?}");
+    assert!(names.contains(&"oci-layout".to_string()), "{names:?}");
+    assert!(!names.contains(&"manifest.json".to_string()), "{names:?}");
+    let fresh = ImageStore::open(&tmp.path().join("fresh")).unwrap();
+    let back = fresh.load_archive(&oci[..]).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].id, a.id);
+    assert_eq!(back[0].manifest_digest, a.manifest_digest);
+
+    // prune --all: every image not in use, with its tags.
+    let in_use: std::collections::BTreeSet<String> = [a.id.clone()].into();
+    let (out, _) = store.prune(true, &in_use).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    let (out, freed) = store.prune(true, &Default::default()).unwrap();
+    assert!(out.contains(&format!("Deleted: {}", a.id)), "{out:?}");
+    assert!(out.contains(&"Untagged: a:1".to_string()), "{out:?}");
+    assert!(freed > 0);
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(files_under(&tmp.path().join("s/layers")), 0);
+    assert_eq!(files_under(&tmp.path().join("s/blobs/sha256")), 0);
 }

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use flotilla_runtime::image::{Image, ImageError, ImageStore, PullOptions, PushOptions};
+use flotilla_runtime::image::{
+    Credential, Image, ImageError, ImageStore, Progress, ProgressEvent, PullOptions, PushOptions,
+};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
@@ -537,6 +539,65 @@ fn basic_auth_with_an_auth_file() {
         .unwrap();
     assert_eq!(got.id, img.id);
     assert_eq!(marker_of(&dst, &got), "basic");
+
+    // Credentials handed over directly (as the agent gets them from a
+    // CLI), with progress: wrong ones are refused, right ones pull, and
+    // every layer is reported.
+    let direct = |pass: &str| Credential {
+        registry: format!("http://{host}/"),
+        username: "alice".into(),
+        password: pass.into(),
+        identity_token: String::new(),
+    };
+    let fresh = ImageStore::open(&tmp.path().join("direct")).unwrap();
+    let err = fresh
+        .pull(
+            &target,
+            &PullOptions {
+                credentials: vec![direct("wrong")],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+    let events = Arc::new(std::sync::Mutex::new(Vec::<ProgressEvent>::new()));
+    let sink = events.clone();
+    let got = fresh
+        .pull(
+            &target,
+            &PullOptions {
+                credentials: vec![direct("s3cret")],
+                progress: Some(Progress(Arc::new(move |e| sink.lock().unwrap().push(e)))),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(got.id, img.id);
+    let events = events.lock().unwrap().clone();
+    let done: Vec<&ProgressEvent> = events
+        .iter()
+        .filter(|e| e.status == "Download complete")
+        .collect();
+    assert_eq!(done.len(), 2, "{events:?}");
+    for e in done {
+        assert!(e.blob.starts_with("sha256:") && e.current == e.total && e.total > 0);
+    }
+    // Credentials for another registry are never used here.
+    let other = Credential {
+        registry: "127.0.0.2:1".into(),
+        ..direct("s3cret")
+    };
+    let err = ImageStore::open(&tmp.path().join("other"))
+        .unwrap()
+        .pull(
+            &target,
+            &PullOptions {
+                credentials: vec![other],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
 }
 
 // ---------- bearer tokens ----------
@@ -617,8 +678,10 @@ fn serve_token(
     let mut r = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     r.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("").to_string();
     let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut authz = None;
+    let mut length = 0usize;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
@@ -628,9 +691,21 @@ fn serve_token(
             if k.eq_ignore_ascii_case("authorization") {
                 authz = Some(v.trim().to_string());
             }
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
     }
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    // POST: the OAuth2 form (refresh-token grant, as `docker login`'s
+    // identity tokens are used); GET: the query string.
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let query = if method == "POST" {
+        body.as_str()
+    } else {
+        target.split_once('?').map(|(_, q)| q).unwrap_or("")
+    };
     let param = |name: &str| {
         query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
@@ -647,7 +722,10 @@ fn serve_token(
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     );
     let mut w = conn;
-    if authz.as_deref() != Some(expected.as_str()) {
+    let refresh_ok = method == "POST"
+        && param("grant_type").as_deref() == Some("refresh_token")
+        && param("refresh_token") == Some(format!("refresh-{user}"));
+    if !refresh_ok && authz.as_deref() != Some(expected.as_str()) {
         let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#;
         write!(w, "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
         return Ok(());
@@ -788,6 +866,23 @@ fn bearer_token_auth_against_the_registry_token_flow() {
         .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.logs()));
     assert_eq!(got.id, img.id);
     assert_eq!(marker_of(&dst, &got), "bearer");
+    // An identity token (OAuth2 refresh token) is exchanged at the realm;
+    // a wrong one is refused.
+    let identity = |t: &str| PullOptions {
+        credentials: vec![Credential {
+            registry: host.clone(),
+            identity_token: t.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let fresh = ImageStore::open(&tmp.path().join("identity")).unwrap();
+    let err = fresh.pull(&target, &identity("refresh-eve")).unwrap_err();
+    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+    let got = fresh
+        .pull(&target, &identity("refresh-bob"))
+        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.logs()));
+    assert_eq!(got.id, img.id);
     let scopes = tokens.issued.lock().unwrap().clone();
     assert!(
         scopes.iter().any(|s| s == "repository:tok/bb:pull,push"),

@@ -1,12 +1,68 @@
-//! `flotilla image ls|load|import|rm`: the nodes' image stores, through the
-//! manager.
+//! `flotilla image pull|push|ls|rm|prune|inspect|load|save|import|tag`: the
+//! nodes' image stores, through the manager. Docker's flags and output.
 
 use crate::client::{self, Control};
 use crate::opts::{Global, ImageCmd};
 use crate::render;
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use flotilla_proto::v1 as pb;
-use std::io::Read;
+use std::io::{IsTerminal as _, Read, Write as _};
+use std::path::PathBuf;
+use tokio_stream::StreamExt as _;
+
+#[derive(Args, Debug)]
+pub struct ImagePullArgs {
+    /// Platform (os/arch[/variant]) to pick from a multi-platform image.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print only the image reference.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagePushArgs {
+    /// Print no progress.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageSaveArgs {
+    /// Write to this file instead of standard output.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Archive format: docker (`docker save`'s) or oci (an OCI image layout).
+    #[arg(long, default_value = "docker", value_parser = ["docker", "oci"])]
+    pub format: String,
+    #[arg(required = true)]
+    pub references: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageTagArgs {
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageInspectArgs {
+    #[arg(required = true)]
+    pub references: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagePruneArgs {
+    /// Remove every image no container uses, not only untagged ones.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
 
 const CHUNK: usize = 1 << 20;
 
@@ -14,6 +70,39 @@ pub async fn run(g: &Global, c: &ImageCmd) -> Result<i32> {
     let mut ctl = client::connect_or_start(g).await?;
     match c {
         ImageCmd::Ls => ls(&mut ctl).await,
+        ImageCmd::Pull(a) => {
+            let got = super::pull::pull_image(
+                &mut ctl,
+                &a.reference,
+                a.platform.as_deref().unwrap_or(""),
+                "",
+                a.quiet,
+            )
+            .await?;
+            if a.quiet {
+                println!("{}", a.reference);
+            } else if let Some(i) = got.first() {
+                println!("{}", i.id);
+            }
+            Ok(0)
+        }
+        ImageCmd::Push(a) => {
+            super::pull::push_image(&mut ctl, &a.reference, a.quiet).await?;
+            Ok(0)
+        }
+        ImageCmd::Save(a) => save(&mut ctl, a).await,
+        ImageCmd::Tag(a) => {
+            ctl.tag_image(pb::TagImageRequest {
+                source: a.source.clone(),
+                target: a.target.clone(),
+                node_id: String::new(),
+            })
+            .await
+            .map_err(|s| client::status_err(&format!("tagging {} as {}", a.source, a.target), s))?;
+            Ok(0)
+        }
+        ImageCmd::Inspect(a) => inspect(&mut ctl, a).await,
+        ImageCmd::Prune(a) => prune(&mut ctl, a).await,
         ImageCmd::Load { input } => {
             let reader: Box<dyn Read + Send> = match input {
                 Some(p) => Box::new(
@@ -65,22 +154,165 @@ pub async fn run(g: &Global, c: &ImageCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        ImageCmd::Rm { reference } => {
+        ImageCmd::Rm { reference, force } => {
             let resp = ctl
                 .remove_image(pb::RemoveImageRequest {
                     reference: reference.clone(),
                     node_id: String::new(),
-                    force: false,
+                    force: *force,
                 })
                 .await
                 .map_err(|s| client::status_err(&format!("removing image {reference}"), s))?
                 .into_inner();
             for r in resp.removed {
-                println!("Untagged/Deleted: {r}");
+                println!("{r}");
             }
             Ok(0)
         }
     }
+}
+
+async fn save(ctl: &mut Control, a: &ImageSaveArgs) -> Result<i32> {
+    let mut out: Box<dyn std::io::Write + Send> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => {
+            if std::io::stdout().is_terminal() {
+                bail!("cowardly refusing to save to a terminal; use the -o flag or redirect");
+            }
+            Box::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::io::stdout(),
+            ))
+        }
+    };
+    let format = if a.format == "oci" {
+        pb::SaveFormat::Oci
+    } else {
+        pb::SaveFormat::Docker
+    };
+    let what = format!("saving {}", a.references.join(", "));
+    let result: Result<()> = async {
+        let mut s = ctl
+            .save_image(pb::SaveImageRequest {
+                references: a.references.clone(),
+                node_id: String::new(),
+                format: format as i32,
+            })
+            .await
+            .map_err(|e| client::status_err(&what, e))?
+            .into_inner();
+        while let Some(c) = s.next().await {
+            let c = c.map_err(|e| client::status_err(&what, e))?;
+            out.write_all(&c.data).context("writing the archive")?;
+        }
+        out.flush().context("writing the archive")?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        if let Some(p) = &a.output {
+            // A partial archive is worse than none.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result.map(|_| 0)
+}
+
+/// Docker's `image inspect` shape, from the stored config and manifest.
+fn inspect_json(d: &pb::ImageDetails) -> serde_json::Value {
+    let cfg: serde_json::Value = serde_json::from_str(&d.config_json).unwrap_or_default();
+    let manifest: serde_json::Value = serde_json::from_str(&d.manifest_json).unwrap_or_default();
+    let s = d.summary.clone().unwrap_or_default();
+    let repo_digests: Vec<String> = s
+        .references
+        .iter()
+        .map(|r| format!("{}@{}", split_ref(r).0, s.manifest_digest))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    serde_json::json!({
+        "Id": s.id,
+        "RepoTags": s.references,
+        "RepoDigests": repo_digests,
+        "Created": cfg.get("created").cloned().unwrap_or_default(),
+        "Author": cfg.get("author").cloned().unwrap_or_default(),
+        "Config": cfg.get("config").cloned().unwrap_or_default(),
+        "Architecture": cfg.get("architecture").cloned().unwrap_or_default(),
+        "Variant": cfg.get("variant").cloned(),
+        "Os": cfg.get("os").cloned().unwrap_or_default(),
+        "Size": s.size,
+        "RootFS": {"Type": "layers", "Layers": d.layers},
+        "Manifest": manifest,
+        "Node": d.node_id,
+    })
+}
+
+async fn inspect(ctl: &mut Control, a: &ImageInspectArgs) -> Result<i32> {
+    let mut all = Vec::new();
+    let mut code = 0;
+    for r in &a.references {
+        match ctl
+            .inspect_image(pb::InspectImageRequest {
+                reference: r.clone(),
+                node_id: String::new(),
+            })
+            .await
+        {
+            Ok(resp) => all.extend(resp.into_inner().images.iter().map(inspect_json)),
+            Err(e) => {
+                eprintln!("Error: {}", e.message());
+                code = 1;
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&all).context("rendering the images as JSON")?
+    );
+    Ok(code)
+}
+
+async fn prune(ctl: &mut Control, a: &ImagePruneArgs) -> Result<i32> {
+    if !a.force {
+        let what = if a.all {
+            "all images without at least one container associated to them"
+        } else {
+            "all dangling images"
+        };
+        eprint!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the answer")?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            return Ok(0);
+        }
+    }
+    let resp = ctl
+        .prune_images(pb::PruneImagesRequest {
+            all: a.all,
+            node_id: String::new(),
+        })
+        .await
+        .map_err(|s| client::status_err("pruning images", s))?
+        .into_inner();
+    if !resp.deleted.is_empty() {
+        println!("Deleted Images:");
+        for d in &resp.deleted {
+            match d.split_once(": ") {
+                Some((k, v)) => println!("{}: {v}", k.to_lowercase()),
+                None => println!("{d}"),
+            }
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        human_size(resp.reclaimed_bytes)
+    );
+    Ok(0)
 }
 
 async fn ls(ctl: &mut Control) -> Result<i32> {

@@ -6,7 +6,7 @@ pub(crate) mod cluster;
 mod config;
 mod daemon_cmd;
 mod down;
-mod image;
+pub(crate) mod image;
 pub(crate) mod inspect;
 pub(crate) mod lifecycle;
 mod logs;
@@ -14,6 +14,7 @@ mod ls;
 pub(crate) mod ops;
 pub(crate) mod port;
 mod ps;
+pub(crate) mod pull;
 pub(crate) mod rm;
 pub(crate) mod run;
 mod up;
@@ -32,6 +33,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ps(a) => a.file.files.clone(),
         Command::Config(a) => a.file.files.clone(),
         Command::Scale(a) => a.file.files.clone(),
+        Command::Pull(a) => a.file.files.clone(),
+        Command::Push(a) => a.file.files.clone(),
         _ => Vec::new(),
     };
     if !extra.is_empty() {
@@ -77,6 +80,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Top(a) => ops::top(g, a).await,
         Command::Stats(a) => ops::stats(g, a).await,
         Command::Cp(a) => ops::cp(g, a).await,
+        Command::Pull(a) => pull::pull(g, a).await,
+        Command::Push(a) => pull::push(g, a).await,
     }
 }
 

@@ -87,6 +87,7 @@ pub async fn create(g: &Global, a: &CreateArgs) -> Result<i32> {
         no_start: true,
         abort_on_container_exit: false,
         exit_code_from: None,
+        pull: None,
         services: a.services.clone(),
     };
     super::up::run(g, &up).await

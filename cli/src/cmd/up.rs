@@ -26,7 +26,7 @@ pub async fn run(g: &Global, a: &UpArgs) -> Result<i32> {
     }
     let mut ctl = client::connect_or_start(g).await?;
 
-    pin_images(&mut ctl, &mut spec).await?;
+    super::pull::ensure_images(&mut ctl, &mut spec, a.pull.as_deref()).await?;
 
     // The version this deploy is based on: a concurrent `up` for the same
     // project that deploys in between makes the manager refuse this one

@@ -995,7 +995,9 @@ impl Runtime {
             message,
         };
         match self.call(id, &Request::Shutdown, Some(Duration::from_secs(60))) {
-            Ok(Ok(_)) => {}
+            // The monitor has reaped the container and exited; its cgroups
+            // and libcontainer state are ours to delete.
+            Ok(Ok(_)) => self.delete_without_shim(id).map_err(remove_err)?,
             Ok(Err(msg)) => {
                 tracing::warn!(id, error = %msg, "shim failed to delete the container; retrying here");
                 self.delete_without_shim(id).map_err(remove_err)?;

@@ -42,7 +42,8 @@ mod registry;
 mod save;
 mod unpack;
 
-pub use registry::{PullOptions, PushOptions};
+pub use registry::{Credential, Progress, ProgressEvent, PullOptions, PushOptions};
+pub use save::SaveFormat;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -414,6 +415,87 @@ impl ImageStore {
             self.collect_garbage(&refs, &record);
         }
         Ok(out)
+    }
+
+    /// Points the tag `target` (`name[:tag]`) at the image `source` names;
+    /// an image the tag pointed at before keeps its other tags (or becomes
+    /// dangling). Returns the image as it is now.
+    pub fn tag(&self, source: &str, target: &str) -> Result<Image, ImageError> {
+        let t = reference::normalize(target)?;
+        if t.digest.is_some() {
+            return Err(ImageError::InvalidReference {
+                reference: target.to_string(),
+                reason: "a tag names a tag, not a digest".to_string(),
+            });
+        }
+        let key = t
+            .tagged_name()
+            .ok_or_else(|| ImageError::InvalidReference {
+                reference: target.to_string(),
+                reason: "it names no tag".to_string(),
+            })?;
+        let _lock = self.write_lock()?;
+        let mut refs = self.read_refs()?;
+        let (id, _) = Self::find(&refs, source)?.ok_or_else(|| ImageError::NotFound {
+            reference: source.to_string(),
+        })?;
+        refs.tags.insert(key, id.clone());
+        self.write_refs(&refs)?;
+        self.image_from(&refs, &id)
+    }
+
+    /// The bytes of stored blob `digest` (a manifest or config: whole into
+    /// memory, so not for layers).
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let p = self.blob_path(digest)?;
+        fs::read(&p).map_err(io_err(format!("reading blob {digest}")))
+    }
+
+    /// Deletes dangling (untagged) images, or with `all` every image, except
+    /// those whose id is in `in_use`. Returns Docker-style lines
+    /// (`Untagged: x`, `Deleted: sha256:...`) and the bytes of blobs and
+    /// unpacked layers freed.
+    pub fn prune(
+        &self,
+        all: bool,
+        in_use: &BTreeSet<String>,
+    ) -> Result<(Vec<String>, u64), ImageError> {
+        let _lock = self.write_lock()?;
+        let mut refs = self.read_refs()?;
+        let victims: Vec<String> = refs
+            .images
+            .keys()
+            .filter(|id| !in_use.contains(*id))
+            .filter(|id| all || !refs.tags.values().any(|v| v == *id))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        let mut removed = Vec::new();
+        for id in &victims {
+            let tags: Vec<String> = refs
+                .tags
+                .iter()
+                .filter(|(_, v)| *v == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in tags {
+                refs.tags.remove(&k);
+                out.push(format!("Untagged: {}", familiar_key(&k)));
+            }
+            if let Some(rec) = refs.images.remove(id) {
+                out.push(format!("Deleted: {id}"));
+                removed.push(rec);
+            }
+        }
+        if removed.is_empty() {
+            return Ok((out, 0));
+        }
+        self.write_refs(&refs)?;
+        let mut freed = 0;
+        for rec in &removed {
+            freed += self.collect_garbage(&refs, rec);
+        }
+        Ok((out, freed))
     }
 
     /// The unpacked layer directories of `image`, bottom-most first (overlayfs
@@ -802,18 +884,20 @@ impl ImageStore {
 
     /// Takes layers/<diff id> out of view at once (rename into tmp/), then
     /// deletes it. Failures are logged: a leftover only costs disk.
-    fn remove_layer_dir(&self, diff_id: &str) {
+    /// Returns whether the layer was there and is now gone.
+    fn remove_layer_dir(&self, diff_id: &str) -> bool {
         let Ok(dir) = self.layer_dir(diff_id) else {
-            return;
+            return false;
         };
         let Ok(tmp) = self.tmp_dir("gc") else {
-            return;
+            return false;
         };
         match fs::rename(&dir, tmp.0.join("fs")) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
-                tracing::warn!(layer = %diff_id, error = %e, "could not delete unused layer")
+                tracing::warn!(layer = %diff_id, error = %e, "could not delete unused layer");
+                false
             }
         }
     }
@@ -849,7 +933,8 @@ impl ImageStore {
     /// Deletes the blobs and unpacked layers of `removed` that no image in
     /// `refs` still uses. Failures are logged, not returned: the image is
     /// already gone from the refs, and leftovers only cost disk.
-    fn collect_garbage(&self, refs: &Refs, removed: &ImageRecord) {
+    fn collect_garbage(&self, refs: &Refs, removed: &ImageRecord) -> u64 {
+        let mut freed = 0;
         let mut used_blobs = BTreeSet::new();
         let mut used_layers = BTreeSet::new();
         for r in refs.images.values() {
@@ -868,18 +953,22 @@ impl ImageStore {
                 continue;
             }
             if let Ok(p) = self.blob_path(d) {
+                let size = p.metadata().map(|m| m.len()).unwrap_or(0);
                 if let Err(e) = fs::remove_file(&p) {
                     if e.kind() != io::ErrorKind::NotFound {
                         tracing::warn!(blob = d, error = %e, "could not delete unused blob");
                     }
+                } else {
+                    freed += size;
                 }
             }
         }
         for l in &removed.layers {
-            if !used_layers.contains(l.diff_id.as_str()) {
-                self.remove_layer_dir(&l.diff_id);
+            if !used_layers.contains(l.diff_id.as_str()) && self.remove_layer_dir(&l.diff_id) {
+                freed += l.size;
             }
         }
+        freed
     }
 
     fn find(refs: &Refs, reference: &str) -> Result<Option<(String, Match)>, ImageError> {

@@ -2,8 +2,10 @@
 //! (Docker Hub, `registry:2`, Harbor, ...), on top of `oci-client`: manifest
 //! lists and OCI indexes with platform selection, Docker v2 schema 2 and OCI
 //! manifests, anonymous, basic and bearer-token auth (credentials from a
-//! docker-style `config.json`), plain http for loopback and listed insecure
-//! registries, parallel layer downloads with retries.
+//! docker-style `config.json` or handed over directly; `identitytoken`s are
+//! traded for access tokens with the OAuth2 refresh-token grant), plain
+//! http for loopback and listed insecure registries, parallel layer
+//! downloads with retries, and per-blob progress callbacks.
 //!
 //! A pull stages every blob in a private temp dir while hashing it, checks
 //! each against the digest that names it, and only then hands the whole image
@@ -71,6 +73,12 @@ pub struct PullOptions {
     /// Registries (`host:port`) spoken to over plain http. Loopback
     /// registries (`localhost`, `127.0.0.1`, `[::1]`) always are.
     pub insecure_registries: Vec<String>,
+    /// Credentials handed over directly (e.g. read by a CLI from its own
+    /// config.json); the one for the image's registry wins over
+    /// `auth_file`.
+    pub credentials: Vec<Credential>,
+    /// Told about each blob as it is checked, downloaded or found present.
+    pub progress: Option<Progress>,
     /// Layers downloaded at once; 0 means 3.
     pub max_concurrent_downloads: usize,
     /// Extra attempts for a blob whose download fails or does not match
@@ -85,6 +93,244 @@ pub struct PushOptions {
     pub auth_file: Option<PathBuf>,
     /// As [`PullOptions::insecure_registries`].
     pub insecure_registries: Vec<String>,
+    /// As [`PullOptions::credentials`].
+    pub credentials: Vec<Credential>,
+    /// As [`PullOptions::progress`].
+    pub progress: Option<Progress>,
+}
+
+/// Credentials for one registry, as a docker-style `config.json` holds them.
+#[derive(Clone, Default)]
+pub struct Credential {
+    /// `host[:port]`, `docker.io`, or `https://index.docker.io/v1/`.
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+    /// An OAuth refresh token (`identitytoken`) from `docker login`.
+    pub identity_token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One step of a pull or push: `status` is Docker's wording ("Pulling fs
+/// layer", "Download complete", "Already exists", "Pushed", "Layer already
+/// exists"), `blob` the digest it is about.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressEvent {
+    pub status: String,
+    pub blob: String,
+    pub current: u64,
+    pub total: u64,
+}
+
+/// A callback told about each [`ProgressEvent`]; called from the registry
+/// worker thread, so it must not block for long.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(ProgressEvent) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+fn report(p: Option<&Progress>, status: &str, blob: &str, current: u64, total: u64) {
+    if let Some(p) = p {
+        (p.0)(ProgressEvent {
+            status: status.to_string(),
+            blob: blob.to_string(),
+            current,
+            total,
+        });
+    }
+}
+
+/// Credentials as chosen for one registry, before any token exchange.
+enum Auth {
+    Plain(RegistryAuth),
+    /// An OAuth2 refresh token, exchanged for an access token per
+    /// repository and operation.
+    Identity(String),
+}
+
+impl Auth {
+    /// What oci-client is handed for `oref` and `op`.
+    async fn resolve(
+        &self,
+        oref: &oci_client::Reference,
+        op: RegistryOperation,
+        insecure: &[String],
+    ) -> Result<RegistryAuth, ImageError> {
+        match self {
+            Auth::Plain(a) => Ok(a.clone()),
+            Auth::Identity(t) => exchange_identity_token(oref, op, t, insecure)
+                .await
+                .map(RegistryAuth::Bearer),
+        }
+    }
+}
+
+/// The credentials for `registry`: a matching entry of `given` first, then
+/// the auth file, else anonymous.
+fn pick_credentials(
+    given: &[Credential],
+    auth_file: Option<&Path>,
+    registry: &str,
+) -> Result<Auth, ImageError> {
+    let want = auth_key(registry);
+    if let Some(c) = given.iter().find(|c| auth_key(&c.registry) == want) {
+        if !c.identity_token.is_empty() {
+            return Ok(Auth::Identity(c.identity_token.clone()));
+        }
+        if !c.password.is_empty() || !c.username.is_empty() {
+            return Ok(Auth::Plain(RegistryAuth::Basic(
+                c.username.clone(),
+                c.password.clone(),
+            )));
+        }
+    }
+    credentials(auth_file, registry).map(Auth::Plain)
+}
+
+/// `key="value"` pairs of a `WWW-Authenticate: Bearer ...` challenge.
+fn bearer_challenge(h: &str) -> Option<BTreeMap<String, String>> {
+    let rest = h.trim();
+    let rest = rest
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+        .map(|_| &rest[7..])?;
+    let mut out = BTreeMap::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (k, after) = s.split_once('=')?;
+        let after = after.trim_start();
+        let (v, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (&q[..end], &q[end + 1..])
+        } else {
+            match after.find(',') {
+                Some(i) => (&after[..i], &after[i..]),
+                None => (after, ""),
+            }
+        };
+        out.insert(k.trim().to_ascii_lowercase(), v.to_string());
+        s = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(out)
+}
+
+/// Trades a docker `identitytoken` (an OAuth2 refresh token) for an access
+/// token at the realm the registry's challenge names, as `docker` does
+/// (`POST realm` with `grant_type=refresh_token`).
+async fn exchange_identity_token(
+    oref: &oci_client::Reference,
+    op: RegistryOperation,
+    token: &str,
+    insecure: &[String],
+) -> Result<String, ImageError> {
+    let registry = oref.resolve_registry().to_string();
+    let scheme = if is_loopback(&registry) || insecure.contains(&registry) {
+        "http"
+    } else {
+        "https"
+    };
+    let err = |action: &str, reason: String, transient: bool| ImageError::Registry {
+        registry: registry.clone(),
+        action: action.to_string(),
+        reason,
+        transient,
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| err("building the token client", e.to_string(), false))?;
+    let probe = http
+        .get(format!("{scheme}://{registry}/v2/"))
+        .send()
+        .await
+        .map_err(|e| err("asking for its auth challenge", e.to_string(), true))?;
+    let challenge = probe
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(bearer_challenge)
+        .ok_or_else(|| {
+            ImageError::Unsupported(format!(
+                "registry {registry}: an identity token needs bearer-token auth, and the registry asks for none"
+            ))
+        })?;
+    let realm = challenge.get("realm").cloned().ok_or_else(|| {
+        err(
+            "reading its auth challenge",
+            "the Bearer challenge has no realm".to_string(),
+            false,
+        )
+    })?;
+    let actions = match op {
+        RegistryOperation::Pull => "pull",
+        RegistryOperation::Push => "pull,push",
+    };
+    let scope = format!("repository:{}:{actions}", oref.repository());
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_string()),
+        ("refresh_token", token.to_string()),
+        ("client_id", "flotilla".to_string()),
+        ("scope", scope),
+    ];
+    if let Some(s) = challenge.get("service") {
+        form.push(("service", s.clone()));
+    }
+    let resp = http
+        .post(&realm)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| err("exchanging the identity token", e.to_string(), true))?;
+    let status = resp.status();
+    if status.as_u16() == 401 || status.as_u16() == 403 || status.as_u16() == 400 {
+        return Err(ImageError::Unauthorized {
+            registry: registry.clone(),
+            action: "exchanging the identity token".to_string(),
+            reason: format!("the token server at {realm} answered {status}"),
+        });
+    }
+    if !status.is_success() {
+        return Err(err(
+            "exchanging the identity token",
+            format!("the token server at {realm} answered {status}"),
+            status.is_server_error(),
+        ));
+    }
+    #[derive(Deserialize)]
+    struct TokenResponse {
+        #[serde(default)]
+        access_token: Option<String>,
+        #[serde(default)]
+        token: Option<String>,
+    }
+    let t: TokenResponse = resp
+        .json()
+        .await
+        .map_err(|e| err("reading the token server's answer", e.to_string(), false))?;
+    t.access_token
+        .or(t.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            err(
+                "reading the token server's answer",
+                "it holds no access_token".to_string(),
+                false,
+            )
+        })
 }
 
 /// A platform wanted from a manifest list.
@@ -436,10 +682,17 @@ impl ImageStore {
     pub fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image, ImageError> {
         let r = reference::normalize(reference)?;
         let platform = parse_platform(opts.platform.as_deref())?;
-        let auth = credentials(opts.auth_file.as_deref(), &r.domain)?;
+        let auth = pick_credentials(&opts.credentials, opts.auth_file.as_deref(), &r.domain)?;
         let tmp = self.tmp_dir("pull")?;
-        let plan = run_async(&format!("pulling {reference}"), || {
-            self.fetch_image(&r, &platform, &auth, opts, &tmp)
+        let plan = run_async(&format!("pulling {reference}"), || async {
+            let auth = auth
+                .resolve(
+                    &oci_ref(&r),
+                    RegistryOperation::Pull,
+                    &opts.insecure_registries,
+                )
+                .await?;
+            self.fetch_image(&r, &platform, &auth, opts, &tmp).await
         })?;
         let _lock = self.write_lock()?;
         let id = self.commit_image(&plan)?;
@@ -488,11 +741,15 @@ impl ImageStore {
         for l in &record.layers {
             blobs.push((l.digest.clone(), self.blob_path(&l.digest)?));
         }
-        let auth = credentials(opts.auth_file.as_deref(), &t.domain)?;
+        let auth = pick_credentials(&opts.credentials, opts.auth_file.as_deref(), &t.domain)?;
+        let progress = opts.progress.clone();
         let registry = t.domain.clone();
         let oref = oci_ref(&t);
         run_async(&format!("pushing {reference} to {target}"), || async {
             let client = make_client(&registry, &opts.insecure_registries);
+            let auth = auth
+                .resolve(&oref, RegistryOperation::Push, &opts.insecure_registries)
+                .await?;
             client
                 .auth(&oref, &auth, RegistryOperation::Push)
                 .await
@@ -504,6 +761,7 @@ impl ImageStore {
                     registry_err(&registry, format!("checking for blob {digest}"), e)
                 })?;
                 if exists {
+                    report(progress.as_ref(), "Layer already exists", digest, 0, 0);
                     continue;
                 }
                 let size = fs::metadata(path)
@@ -537,6 +795,7 @@ impl ImageStore {
                             e,
                         )
                     })?;
+                report(progress.as_ref(), "Pushed", digest, size, size);
             }
             let ct = media_type.parse().map_err(|_| ImageError::Malformed {
                 what: format!("manifest {}", record.manifest_digest),
@@ -711,11 +970,15 @@ impl ImageStore {
             let (client, oref, registry) = (&client, &oref, &registry);
             let dst = tmp.0.join(format!("layer{i}"));
             let size = l.size();
+            let progress = opts.progress.as_ref();
             jobs.push(async move {
                 if have {
+                    report(progress, "Already exists", &ld, size, size);
                     return Ok((i, BlobSource::Stored { digest: ld, size }));
                 }
+                report(progress, "Pulling fs layer", &ld, 0, size);
                 let f = fetch_blob(client, oref, &ld, size, &dst, retries, registry).await?;
+                report(progress, "Download complete", &ld, size, size);
                 Ok::<_, ImageError>((i, BlobSource::Staged(f)))
             });
         }
@@ -919,6 +1182,18 @@ mod tests {
         assert!(parse_platform(Some("linux")).is_err());
         assert!(parse_platform(Some("linux//x")).is_err());
         assert_eq!(parse_platform(None).unwrap().os, "linux");
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let c = bearer_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c["realm"], "https://auth.example/token");
+        assert_eq!(c["service"], "registry.example");
+        assert_eq!(c["scope"], "repository:a/b:pull,push");
+        assert!(bearer_challenge(r#"Basic realm="x""#).is_none());
     }
 
     #[test]

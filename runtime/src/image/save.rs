@@ -2,7 +2,8 @@
 //! `repositories` for `docker load` (any version) and skopeo's
 //! `docker-archive:`, plus the OCI `index.json`, `oci-layout` and `blobs/`
 //! that Docker 25+ writes, so the stored manifests (and so the manifest
-//! digests) survive a save → load round trip.
+//! digests) survive a save → load round trip. [`SaveFormat::Oci`] writes
+//! the OCI layout alone.
 //!
 //! Blobs are written exactly as stored (layers keep their compression;
 //! `docker load` and skopeo decompress them). It must never change the
@@ -18,12 +19,43 @@ use super::reference::{self, familiar_name};
 use super::registry::manifest_media_type;
 use super::{hex_of, ImageError, ImageStore, Match};
 
+/// What [`ImageStore::save_as`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SaveFormat {
+    /// `docker save`'s archive: `manifest.json` and `repositories`, plus
+    /// the OCI layout Docker 25+ adds (what [`ImageStore::save`] writes).
+    #[default]
+    Docker,
+    /// An OCI image layout only (`oci-layout`, `index.json`, `blobs/`).
+    Oci,
+}
+
 impl ImageStore {
+    /// Writes the images `references` name in `format` as one tar stream
+    /// to `out`; see [`ImageStore::save`].
+    pub fn save_as<W: Write>(
+        &self,
+        references: &[&str],
+        format: SaveFormat,
+        out: W,
+    ) -> Result<(), ImageError> {
+        self.save_inner(references, format, out)
+    }
+
     /// Writes the images `references` name (tags, ids, digests) as one
     /// `docker save`-compatible tar stream to `out`. An image named by tag
     /// is saved with that tag; one named by id or digest is saved untagged,
     /// as Docker does.
     pub fn save<W: Write>(&self, references: &[&str], out: W) -> Result<(), ImageError> {
+        self.save_inner(references, SaveFormat::Docker, out)
+    }
+
+    fn save_inner<W: Write>(
+        &self,
+        references: &[&str],
+        format: SaveFormat,
+        out: W,
+    ) -> Result<(), ImageError> {
         if references.is_empty() {
             return Err(ImageError::InvalidReference {
                 reference: String::new(),
@@ -137,7 +169,11 @@ impl ImageStore {
             ("manifest.json", json!(docker_manifest)),
             ("repositories", json!(repositories)),
         ];
-        for (name, doc) in docs {
+        let keep = match format {
+            SaveFormat::Docker => docs.len(),
+            SaveFormat::Oci => 2,
+        };
+        for (name, doc) in docs.into_iter().take(keep) {
             let bytes = serde_json::to_vec(&doc).map_err(|e| ImageError::Malformed {
                 what: format!("{name} being saved"),
                 reason: e.to_string(),

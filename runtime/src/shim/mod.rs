@@ -7,7 +7,14 @@
 //! stdout/stderr into a Docker json-file log, reaps the container, records its
 //! exit status in `status.json`, and answers the runtime on a unix socket
 //! (see [`protocol`]). After the container exits it stays until told to shut
-//! down, which also deletes the container's cgroups and libcontainer state.
+//! down; the runtime then deletes the container's cgroups and libcontainer
+//! state.
+//!
+//! Two halves: `start` (creation through libcontainer, the heavy part) and
+//! the [`monitor`] loop. Once the container runs, the shim execs the lean
+//! `flotilla-shim-monitor` binary (no libcontainer in it) so that what stays
+//! resident per container is small; without that binary it monitors
+//! in-process.
 //!
 //! How it is started: [`crate::container::Runtime::create`] writes
 //! `<container dir>/shim.json` and runs `<shim_exe> shim run <container dir>`
@@ -18,35 +25,31 @@
 //! What it must never do: start threads or an async runtime (it forks, and
 //! libcontainer clones), or exit while its container runs unless told to.
 
+pub mod monitor;
 pub(crate) mod protocol;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::container::ContainerState;
-use crate::logs::{LineSplitter, LogStream, LogWriter};
 use protocol::{Request, Response, ShimConfig, ShimStatus};
 
 /// How long the shim keeps draining the container's output pipes after its
 /// init exited before it reports the exit anyway (a process that escaped the
 /// container could hold them open forever).
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long one client may take to send its request line.
-const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Entry point of the hidden `shim` subcommand; `args` is the whole argv
 /// (`[exe, "shim", "run", DIR]`). Must run before any thread exists.
@@ -137,16 +140,82 @@ fn run(dir: &Path) -> i32 {
         eprintln!("shim: chdir /: {e}");
     }
 
-    match Shim::start(cfg) {
-        Ok(mut shim) => {
-            report(&Response::ok(shim.status.clone()));
-            shim.run_loop()
+    match start(&cfg) {
+        Ok(st) => {
+            let status = monitor::running_status(st.pid, st.started_at);
+            if let Err(e) = write_status(&cfg.status_path, &status) {
+                eprintln!("shim: {e}");
+            }
+            report(&Response::ok(status));
+            // Only the small monitor stays resident; if it cannot be exec'd
+            // this process keeps the container itself.
+            if let Some(exe) = monitor_exe() {
+                let e = exec_monitor(&exe, dir, &st);
+                eprintln!("shim: exec {}: {e}; monitoring in-process", exe.display());
+            }
+            match monitor::Monitor::new(cfg, st) {
+                Ok(mut m) => m.run_loop(),
+                Err(e) => {
+                    eprintln!("shim: {e}");
+                    1
+                }
+            }
         }
         Err(msg) => {
             report(&Response::err(msg));
             1
         }
     }
+}
+
+/// The lean monitor binary: next to the shim's own executable, or one
+/// directory up (cargo puts examples in a subdirectory of the binaries').
+fn monitor_exe() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let dir = me.parent()?;
+    [dir.join(MONITOR_EXE), dir.parent()?.join(MONITOR_EXE)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// The lean monitor's file name.
+pub const MONITOR_EXE: &str = "flotilla-shim-monitor";
+
+/// Replaces this process with the monitor, handing it the container's fds.
+/// Returns only on failure.
+fn exec_monitor(exe: &Path, dir: &Path, st: &Started) -> String {
+    use std::os::unix::process::CommandExt;
+    let fds = [
+        st.listener.as_raw_fd(),
+        st.out.as_raw_fd(),
+        st.err.as_raw_fd(),
+    ];
+    for fd in fds {
+        if let Err(e) = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        ) {
+            return format!("keeping fd {fd} open across exec: {e}");
+        }
+    }
+    let started_ns = st
+        .started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let err = std::process::Command::new(exe)
+        .arg(dir)
+        .arg(st.pid.as_raw().to_string())
+        .arg(started_ns.to_string())
+        .args(fds.iter().map(|f| f.to_string()))
+        .exec();
+    for fd in fds {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    err.to_string()
 }
 
 fn set_sigpipe(handler: SigHandler) {
@@ -157,351 +226,102 @@ fn set_sigpipe(handler: SigHandler) {
     }
 }
 
-struct OutPipe {
-    file: File,
-    stream: LogStream,
-    split: LineSplitter,
+/// What a started container hands to its monitor.
+pub(crate) struct Started {
+    pub pid: Pid,
+    pub started_at: SystemTime,
+    pub out: OwnedFd,
+    pub err: OwnedFd,
+    pub listener: UnixListener,
 }
 
-struct Shim {
-    cfg: ShimConfig,
-    container: Container,
-    pid: Pid,
-    status: ShimStatus,
-    log: LogWriter,
-    pipes: Vec<OutPipe>,
-    listener: UnixListener,
-    sigfd: SignalFd,
-    waiters: Vec<UnixStream>,
-    shutdown_waiters: Vec<UnixStream>,
-    exit: Option<(i32, SystemTime)>,
-    drain_deadline: Option<Instant>,
-    finalized: bool,
-}
+/// Creates and starts the container; on success the container's init is
+/// our child and SIGCHLD is blocked (a monitor routes it to a signalfd).
+fn start(cfg: &ShimConfig) -> Result<Started, String> {
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("shim: becoming child subreaper: {e}"))?;
+    // The log exists (and its path is writable) before the container runs;
+    // the monitor reopens it for appending.
+    drop(
+        crate::logs::LogWriter::with_rotation(&cfg.log_path, cfg.log_max_size, cfg.log_max_file)
+            .map_err(|e| e.to_string())?,
+    );
+    let _ = std::fs::remove_file(&cfg.socket);
+    let listener = UnixListener::bind(&cfg.socket)
+        .map_err(|e| format!("shim: listening on {}: {e}", cfg.socket.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("shim: socket {}: {e}", cfg.socket.display()))?;
+    let stdin = File::open("/dev/null").map_err(|e| format!("shim: opening /dev/null: {e}"))?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
 
-impl Shim {
-    fn start(cfg: ShimConfig) -> Result<Shim, String> {
-        nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| format!("shim: becoming child subreaper: {e}"))?;
-        let log = LogWriter::with_rotation(&cfg.log_path, cfg.log_max_size, cfg.log_max_file)
-            .map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&cfg.socket);
-        let listener = UnixListener::bind(&cfg.socket)
-            .map_err(|e| format!("shim: listening on {}: {e}", cfg.socket.display()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("shim: socket {}: {e}", cfg.socket.display()))?;
-        let stdin = File::open("/dev/null").map_err(|e| format!("shim: opening /dev/null: {e}"))?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-
-        // The container's init inherits signal dispositions through clone and
-        // exec keeps SIG_IGN: give it Docker's default SIGPIPE, not ours.
-        set_sigpipe(SigHandler::SigDfl);
-        let created = ContainerBuilder::new(cfg.id.clone(), SyscallType::default())
-            .with_root_path(&cfg.libcontainer_root)
-            .map_err(|e| error_chain(&e))?
-            .with_stdin(stdin)
-            .with_stdout(out_w)
-            .with_stderr(err_w)
-            .as_init(&cfg.bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build();
-        let mut container = match created {
-            Ok(c) => c,
-            Err(e) => {
-                set_sigpipe(SigHandler::SigIgn);
-                reap_all();
-                return Err(format!(
-                    "creating container {}: {}",
-                    cfg.id,
-                    error_chain(&e)
-                ));
-            }
-        };
-        if cfg.loopback_up {
-            if let Some(pid) = container.pid() {
-                if let Err(e) = loopback_up(pid) {
-                    set_sigpipe(SigHandler::SigIgn);
-                    let _ = container.delete(true);
-                    reap_all();
-                    return Err(format!("setting up container {}: {e}", cfg.id));
-                }
-            }
-        }
-        let started = container.start();
-        set_sigpipe(SigHandler::SigIgn);
-        if let Err(e) = started {
-            let _ = container.delete(true);
+    // The container's init inherits signal dispositions through clone and
+    // exec keeps SIG_IGN: give it Docker's default SIGPIPE, not ours.
+    set_sigpipe(SigHandler::SigDfl);
+    let created = ContainerBuilder::new(cfg.id.clone(), SyscallType::default())
+        .with_root_path(&cfg.libcontainer_root)
+        .map_err(|e| error_chain(&e))?
+        .with_stdin(stdin)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(&cfg.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build();
+    let mut container = match created {
+        Ok(c) => c,
+        Err(e) => {
+            set_sigpipe(SigHandler::SigIgn);
             reap_all();
             return Err(format!(
-                "starting container {}: {}",
+                "creating container {}: {}",
                 cfg.id,
                 error_chain(&e)
             ));
         }
-        let started_at = SystemTime::now();
-        let Some(pid) = container.pid() else {
-            let _ = container.delete(true);
-            return Err(format!(
-                "starting container {}: libcontainer reported no pid",
-                cfg.id
-            ));
-        };
-
-        // SIGCHLD is blocked only now: the container inherited our mask.
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.thread_block()
-            .map_err(|e| format!("shim: blocking SIGCHLD: {e}"))?;
-        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| format!("shim: signalfd: {e}"))?;
-
-        let status = ShimStatus {
-            state: ContainerState::Running,
-            pid: Some(pid.as_raw()),
-            shim_pid: Some(std::process::id() as i32),
-            exit_code: None,
-            oom_killed: false,
-            started_at: Some(started_at),
-            finished_at: None,
-            error: None,
-        };
-        let mut shim = Shim {
-            cfg,
-            container,
-            pid,
-            status,
-            log,
-            pipes: vec![
-                OutPipe {
-                    file: File::from(out_r),
-                    stream: LogStream::Stdout,
-                    split: LineSplitter::default(),
-                },
-                OutPipe {
-                    file: File::from(err_r),
-                    stream: LogStream::Stderr,
-                    split: LineSplitter::default(),
-                },
-            ],
-            listener,
-            sigfd,
-            waiters: Vec::new(),
-            shutdown_waiters: Vec::new(),
-            exit: None,
-            drain_deadline: None,
-            finalized: false,
-        };
-        shim.save_status();
-        // The container may have exited before SIGCHLD was routed to the signalfd.
-        shim.reap();
-        Ok(shim)
-    }
-
-    fn run_loop(&mut self) -> i32 {
-        loop {
-            if !self.finalized && self.exit.is_some() {
-                let drained = self.pipes.is_empty();
-                let late = self.drain_deadline.is_some_and(|d| Instant::now() >= d);
-                if drained || late {
-                    self.finalize();
-                }
-            }
-            if self.finalized && !self.shutdown_waiters.is_empty() {
-                return self.shutdown();
-            }
-            let timeout = match (self.finalized, self.drain_deadline) {
-                (false, Some(d)) => {
-                    let left = d.saturating_duration_since(Instant::now()).as_millis();
-                    PollTimeout::from(u16::try_from(left + 1).unwrap_or(u16::MAX))
-                }
-                _ => PollTimeout::NONE,
-            };
-
-            let (sig_ready, listen_ready, pipe_ready) = {
-                let mut fds = vec![
-                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                ];
-                for p in &self.pipes {
-                    fds.push(PollFd::new(p.file.as_fd(), PollFlags::POLLIN));
-                }
-                match poll(&mut fds, timeout) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => {
-                        eprintln!("shim: poll: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                }
-                let ready = |f: &PollFd| {
-                    f.revents().is_some_and(|r| {
-                        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                    })
-                };
-                let pipe_ready: Vec<bool> = fds[2..].iter().map(ready).collect();
-                (ready(&fds[0]), ready(&fds[1]), pipe_ready)
-            };
-
-            if sig_ready {
-                while let Ok(Some(_)) = self.sigfd.read_signal() {}
-                self.reap();
-            }
-            // Read pipes before clients so a Wait answered below sees the output.
-            for i in (0..pipe_ready.len()).rev() {
-                if pipe_ready[i] {
-                    self.read_pipe(i);
-                }
-            }
-            if listen_ready {
-                loop {
-                    match self.listener.accept() {
-                        Ok((stream, _)) => self.handle_client(stream),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            eprintln!("shim: accept: {e}");
-                            break;
-                        }
-                    }
-                }
+    };
+    if cfg.loopback_up {
+        if let Some(pid) = container.pid() {
+            if let Err(e) = loopback_up(pid) {
+                set_sigpipe(SigHandler::SigIgn);
+                let _ = container.delete(true);
+                reap_all();
+                return Err(format!("setting up container {}: {e}", cfg.id));
             }
         }
     }
-
-    fn read_pipe(&mut self, i: usize) {
-        let mut buf = [0u8; 64 * 1024];
-        let pipe = &mut self.pipes[i];
-        match pipe.file.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                if let Some(rest) = pipe.split.flush() {
-                    let stream = pipe.stream;
-                    self.write_log(stream, &rest);
-                }
-                self.pipes.remove(i);
-            }
-            Ok(n) => {
-                let stream = pipe.stream;
-                let lines = pipe.split.push(&buf[..n]);
-                for l in lines {
-                    self.write_log(stream, &l);
-                }
-            }
-        }
+    let started = container.start();
+    set_sigpipe(SigHandler::SigIgn);
+    if let Err(e) = started {
+        let _ = container.delete(true);
+        reap_all();
+        return Err(format!(
+            "starting container {}: {}",
+            cfg.id,
+            error_chain(&e)
+        ));
     }
-
-    fn write_log(&mut self, stream: LogStream, line: &[u8]) {
-        if let Err(e) = self.log.write_entry(stream, line, SystemTime::now()) {
-            eprintln!("shim: {e}");
-        }
-    }
-
-    fn reap(&mut self) {
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == self.pid => self.exited(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.pid => {
-                    self.exited(128 + sig as i32)
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn exited(&mut self, code: i32) {
-        if self.exit.is_none() {
-            self.exit = Some((code, SystemTime::now()));
-            self.drain_deadline = Some(Instant::now() + DRAIN_GRACE);
-        }
-    }
-
-    fn finalize(&mut self) {
-        for mut p in std::mem::take(&mut self.pipes) {
-            if let Some(rest) = p.split.flush() {
-                self.write_log(p.stream, &rest);
-            }
-        }
-        let (code, at) = self.exit.unwrap_or((-1, SystemTime::now()));
-        self.status.state = ContainerState::Exited;
-        self.status.exit_code = Some(code);
-        self.status.finished_at = Some(at);
-        self.status.oom_killed = self.cfg.oom_files.iter().any(|f| oom_killed(f));
-        self.finalized = true;
-        self.save_status();
-        let resp = Response::ok(self.status.clone());
-        for w in std::mem::take(&mut self.waiters) {
-            answer(w, &resp);
-        }
-    }
-
-    fn shutdown(&mut self) -> i32 {
-        let resp = match self.container.delete(true) {
-            Ok(()) => Response::ok(self.status.clone()),
-            Err(e) => Response::err(format!(
-                "deleting container {}: {}",
-                self.cfg.id,
-                error_chain(&e)
-            )),
-        };
-        let _ = std::fs::remove_file(&self.cfg.socket);
-        for w in std::mem::take(&mut self.shutdown_waiters) {
-            answer(w, &resp);
-        }
-        0
-    }
-
-    fn handle_client(&mut self, stream: UnixStream) {
-        let req = match read_request(&stream) {
-            Ok(r) => r,
-            Err(e) => {
-                answer(stream, &Response::err(e));
-                return;
-            }
-        };
-        match req {
-            Request::State => answer(stream, &Response::ok(self.status.clone())),
-            Request::Kill { signal } => {
-                let resp = self.kill(signal);
-                answer(stream, &resp);
-            }
-            Request::Wait if self.finalized => answer(stream, &Response::ok(self.status.clone())),
-            Request::Wait => self.waiters.push(stream),
-            Request::Shutdown => {
-                if self.exit.is_none() {
-                    let _ = signal::kill(self.pid, Signal::SIGKILL);
-                }
-                self.shutdown_waiters.push(stream);
-            }
-        }
-    }
-
-    fn kill(&mut self, sig: i32) -> Response {
-        if self.exit.is_some() {
-            return Response::err(format!("container {} is not running", self.cfg.id));
-        }
-        let sig = match Signal::try_from(sig) {
-            Ok(s) => s,
-            Err(_) => return Response::err(format!("invalid signal {sig}")),
-        };
-        // The init is our (adopted) child and not yet reaped, so its pid
-        // cannot have been reused.
-        match signal::kill(self.pid, sig) {
-            Ok(()) | Err(Errno::ESRCH) => Response::ok(self.status.clone()),
-            Err(e) => Response::err(format!(
-                "sending {sig} to container {} (pid {}): {e}",
-                self.cfg.id, self.pid
-            )),
-        }
-    }
-
-    fn save_status(&self) {
-        if let Err(e) = write_status(&self.cfg.status_path, &self.status) {
-            eprintln!("shim: {e}");
-        }
-    }
+    let started_at = SystemTime::now();
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        return Err(format!(
+            "starting container {}: libcontainer reported no pid",
+            cfg.id
+        ));
+    };
+    // SIGCHLD is blocked only now: the container inherited our mask.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block()
+        .map_err(|e| format!("shim: blocking SIGCHLD: {e}"))?;
+    Ok(Started {
+        pid,
+        started_at,
+        out: out_r,
+        err: err_r,
+        listener,
+    })
 }
 
 /// Sets `lo` up inside the network namespace of `pid`, by entering that
@@ -563,7 +383,7 @@ fn reap_all() {
     }
 }
 
-fn read_request(stream: &UnixStream) -> Result<Request, String> {
+pub(crate) fn read_request(stream: &UnixStream) -> Result<Request, String> {
     stream
         .set_nonblocking(false)
         .and_then(|_| stream.set_read_timeout(Some(CLIENT_IO_TIMEOUT)))
@@ -577,7 +397,7 @@ fn read_request(stream: &UnixStream) -> Result<Request, String> {
     serde_json::from_str(&line).map_err(|e| format!("bad request {line:?}: {e}"))
 }
 
-fn answer(mut stream: UnixStream, resp: &Response) {
+pub(crate) fn answer(mut stream: UnixStream, resp: &Response) {
     // A client that went away is not the shim's problem.
     let _ = stream.write_all(&resp.to_line());
 }
@@ -591,7 +411,7 @@ pub(crate) fn write_status(path: &Path, status: &ShimStatus) -> Result<(), Strin
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn oom_killed(path: &Path) -> bool {
+pub(crate) fn oom_killed(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|s| {
         s.lines().any(|l| {
             l.strip_prefix("oom_kill ")
