@@ -355,7 +355,21 @@ pub fn reserve_ports(task: &pb::Task) -> Result<(), String> {
 
 /// A task whose traffic may be sent to it: running as far as the manager
 /// knows, not unhealthy, and meant to run.
+/// The label the manager puts on one-off tasks (`flotilla run`): they run
+/// with a service's configuration but never serve its VIP or ports.
+const LABEL_ONEOFF: &str = "flotilla.oneoff";
+
+fn is_oneoff(t: &pb::Task) -> bool {
+    t.meta
+        .as_ref()
+        .and_then(|m| m.labels.get(LABEL_ONEOFF))
+        .is_some_and(|v| v == "true")
+}
+
 fn is_backend(t: &pb::Task) -> bool {
+    if is_oneoff(t) {
+        return false;
+    }
     let Some(st) = t.status.as_ref() else {
         return false;
     };
@@ -668,6 +682,34 @@ mod tests {
                 "10.9.0.4".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn one_off_tasks_never_serve_the_vip_or_ports() {
+        let web1 = task("w1", "web", "node1", "10.9.0.2", true);
+        let mut run = task("r1", "web", "node1", "10.9.0.9", true);
+        run.meta = Some(pb::Meta {
+            labels: [(LABEL_ONEOFF.to_string(), "true".to_string())].into(),
+            ..Default::default()
+        });
+        let services = vec![service(
+            "web",
+            "10.9.0.100",
+            vec![pb::PortConfig {
+                target: 80,
+                published: 8080,
+                ..Default::default()
+            }],
+        )];
+        let peers = vec![web1.clone(), run.clone()];
+        let local = [&web1, &run];
+        let st = nat_state(Path::new("/ns"), &local, &peers, &services);
+        assert_eq!(
+            st.ports[0].backends,
+            vec!["10.9.0.2".parse::<Ipv4Addr>().unwrap()]
+        );
+        let vip = &st.vips[&Path::new("/ns").join(short("w1"))][0];
+        assert_eq!(vip.backends, vec!["10.9.0.2".parse::<Ipv4Addr>().unwrap()]);
     }
 
     #[test]

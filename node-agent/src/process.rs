@@ -134,6 +134,9 @@ pub fn hostname(task: &Task) -> String {
 /// The content of a task's /etc/hosts: localhost, the container itself, and
 /// every slot of every service of its stack on a network it shares (by
 /// service name, container name and aliases), plus `extra_hosts`.
+/// Slots from here up belong to one-off tasks (the manager's numbering).
+pub const ONEOFF_SLOT_BASE: u32 = 100_000;
+
 pub fn hosts_file(task: &Task, services: &[Service]) -> String {
     let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let own_networks: Vec<&str> = task
@@ -154,6 +157,9 @@ pub fn hosts_file(task: &Task, services: &[Service]) -> String {
             .slot_addresses
             .iter()
             .filter(|a| own_networks.contains(&a.network_id.as_str()))
+            // One-off tasks (`run`) have addresses but never answer for
+            // the service's name.
+            .filter(|a| a.slot < ONEOFF_SLOT_BASE)
             .collect();
         slots.sort_by_key(|a| a.slot);
         for a in slots {
@@ -356,11 +362,17 @@ mod tests {
             }],
             ..Default::default()
         };
-        let services = vec![
-            svc("api", "s_default", "10.89.0.3/24"),
-            svc("hidden", "s_other", "10.90.0.3/24"),
-        ];
+        let mut api = svc("api", "s_default", "10.89.0.3/24");
+        // A one-off `run` task of api has an address but not api's name.
+        api.slot_addresses.push(SlotAddress {
+            slot: ONEOFF_SLOT_BASE,
+            network_id: "s_default".into(),
+            address: "10.89.0.9/24".into(),
+            ..Default::default()
+        });
+        let services = vec![api, svc("hidden", "s_other", "10.90.0.3/24")];
         let hosts = hosts_file(&task, &services);
+        assert!(!hosts.contains("10.89.0.9"), "{hosts}");
         assert!(
             hosts.contains("10.89.0.2\t0f8fad5bd9cb\ts-web-1\n"),
             "{hosts}"
