@@ -236,6 +236,12 @@ services:
   one:
     image: flotilla-demo:test
     command: ["sleep"]
+    # Probing a frozen container would time out: paused, it is not probed.
+    healthcheck:
+      test: ["CMD", "/demo", "echo", "ok"]
+      interval: 200ms
+      timeout: 1s
+      retries: 2
   two:
     image: flotilla-demo:test
     command: ["sleep"]
@@ -254,8 +260,21 @@ fn pause_freezes_and_unpause_thaws() {
     let rows = d.ps(&dir, &project);
     let pid = rows_of(&rows, "one")[0]["Pid"].as_i64().unwrap();
 
+    let healthy = |d: &Daemon| {
+        eventually(Duration::from_secs(20), || {
+            let rows = d.ps(&dir, &project);
+            (rows_of(&rows, "one")[0]["Health"] == "healthy").then_some(())
+        })
+        .is_some()
+    };
+    assert!(healthy(&d), "{:?}", d.ps(&dir, &project));
+
     let out = d.ok(&dir, &["pause", "one"]);
     assert!(out.contains("Paused"), "{out}");
+    // Long enough for two probes to time out if they ran.
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = d.ps(&dir, &project);
+    assert_eq!(rows_of(&rows, "one")[0]["Health"], "healthy", "{rows:?}");
     let rows = d.ps(&dir, &project);
     assert_eq!(state_of(&rows, "one"), vec!["paused"], "{rows:?}");
     assert_eq!(state_of(&rows, "two"), vec!["running"], "{rows:?}");
@@ -283,6 +302,7 @@ fn pause_freezes_and_unpause_thaws() {
     assert_eq!(state_of(&rows, "one"), vec!["running"], "{rows:?}");
     assert_eq!(rows_of(&rows, "one")[0]["Pid"].as_i64(), Some(pid));
     assert_ne!(proc_state(pid), Some('D'));
+    assert!(healthy(&d), "{:?}", d.ps(&dir, &project));
 
     // A paused container can be stopped (down) like any other.
     d.ok(&dir, &["pause"]);

@@ -293,6 +293,12 @@ pub async fn run<T: Send + 'static>(
             return;
         }
         let (rt2, cid, cfg) = (rt.clone(), container_id.clone(), tracker.cfg.clone());
+        // A paused container is not probed (the probe would join the frozen
+        // cgroup and time out), as in Docker: neither success nor failure.
+        let (rt3, cid3) = (rt.clone(), container_id.clone());
+        if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || rt3.is_paused(&cid3)).await {
+            continue;
+        }
         let result = match tokio::task::spawn_blocking(move || probe(&rt2, &cid, &cfg)).await {
             Ok(Ok(r)) => r,
             Ok(Err(ExecError::NotRunning { .. }))
