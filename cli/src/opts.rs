@@ -67,6 +67,16 @@ pub struct Global {
     /// Verbose logs.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Progress output: auto (tty on a terminal, else plain), tty, plain
+    /// or quiet.
+    #[arg(
+        long,
+        global = true,
+        env = "COMPOSE_PROGRESS",
+        default_value = "auto",
+        value_parser = ["auto", "tty", "plain", "quiet"]
+    )]
+    pub progress: String,
 }
 
 #[derive(Subcommand, Debug)]

@@ -182,3 +182,118 @@ mod tests {
         assert_eq!(error_chain(&e), "outer: inner");
     }
 }
+
+/// How `up`/`down` show progress: one line per object with its state, as
+/// Compose does. On a terminal the block is redrawn in place with a spinner
+/// for objects still in progress; otherwise each change is one plain line;
+/// `quiet` prints nothing.
+pub struct Progress {
+    mode: ProgressMode,
+    lines: Vec<(String, String, bool)>,
+    drawn: usize,
+    tick: usize,
+    color: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    Tty,
+    Plain,
+    Quiet,
+}
+
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+impl Progress {
+    /// `setting`: the global --progress value.
+    pub fn new(setting: &str) -> Progress {
+        let tty = std::io::stdout().is_terminal();
+        let mode = match setting {
+            "quiet" => ProgressMode::Quiet,
+            "plain" => ProgressMode::Plain,
+            "tty" => ProgressMode::Tty,
+            _ if tty => ProgressMode::Tty,
+            _ => ProgressMode::Plain,
+        };
+        Progress {
+            mode,
+            lines: Vec::new(),
+            drawn: 0,
+            tick: 0,
+            color: use_color(false),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn mode(&self) -> ProgressMode {
+        self.mode
+    }
+
+    /// Sets `object`'s state (`done`: finished, shown with a check mark).
+    pub fn set(&mut self, object: &str, state: &str, done: bool) {
+        match self.lines.iter_mut().find(|l| l.0 == object) {
+            Some(l) if l.1 == state && l.2 == done => return,
+            Some(l) => {
+                l.1 = state.to_string();
+                l.2 = done;
+            }
+            None => self
+                .lines
+                .push((object.to_string(), state.to_string(), done)),
+        }
+        match self.mode {
+            ProgressMode::Quiet => {}
+            ProgressMode::Plain => println!(
+                " {} {object:<38} {state}",
+                if done { '\u{2714}' } else { '-' }
+            ),
+            ProgressMode::Tty => self.redraw(),
+        }
+    }
+
+    fn redraw(&mut self) {
+        use std::io::Write;
+        self.tick = self.tick.wrapping_add(1);
+        let mut out = std::io::stdout().lock();
+        if self.drawn > 0 {
+            // Back to the top of the block.
+            let _ = write!(out, "\x1b[{}A", self.drawn);
+        }
+        for (obj, state, done) in &self.lines {
+            let mark = if *done {
+                if self.color {
+                    "\x1b[32m\u{2714}\x1b[0m".to_string()
+                } else {
+                    "\u{2714}".to_string()
+                }
+            } else {
+                SPINNER[self.tick % SPINNER.len()].to_string()
+            };
+            let _ = writeln!(out, "\x1b[2K {mark} {obj:<38} {state}");
+        }
+        self.drawn = self.lines.len();
+        let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn a_state_is_recorded_once_per_change() {
+        let mut p = Progress::new("quiet");
+        p.set("Container a", "Starting", false);
+        p.set("Container a", "Starting", false);
+        p.set("Container b", "Created", true);
+        p.set("Container a", "Started", true);
+        assert_eq!(
+            p.lines,
+            vec![
+                ("Container a".to_string(), "Started".to_string(), true),
+                ("Container b".to_string(), "Created".to_string(), true),
+            ]
+        );
+        assert_eq!(Progress::new("plain").mode(), ProgressMode::Plain);
+    }
+}

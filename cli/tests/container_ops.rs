@@ -19,9 +19,16 @@ fn top_and_stats_show_the_running_containers() {
         "services:\n  store:\n    image: flotilla-demo:test\n    command: [\"store\"]\n    mem_limit: 64m\n    pids_limit: 40\n",
     )
     .unwrap();
-    d.ok(&dir, &["up", "-d"]);
-    let rows = d.ps(&dir, &project);
+    let up = d.ok(&dir, &["--progress", "plain", "up", "-d"]);
     let name = format!("{project}-store-1");
+    assert!(
+        up.lines()
+            .any(|l| l.contains(&format!("Container {name}")) && l.ends_with("Started")),
+        "{up}"
+    );
+    let again = d.ok(&dir, &["--progress", "quiet", "up", "-d"]);
+    assert_eq!(again, "", "quiet prints nothing");
+    let rows = d.ps(&dir, &project);
     assert!(rows.iter().any(|r| r["Name"] == name.as_str()), "{rows:?}");
 
     let top = d.ok(&dir, &["top"]);

@@ -55,11 +55,12 @@ pub async fn run(g: &Global, a: &DownArgs) -> Result<i32> {
     let mut names: Vec<&str> = before.tasks.iter().map(|t| t.name.as_str()).collect();
     names.sort();
     names.dedup();
+    let mut prog = crate::render::Progress::new(&g.progress);
     for n in names {
-        println!(" \u{2714} Container {n:<28} Removed");
+        prog.set(&format!("Container {n}"), "Removed", true);
     }
     for n in &before.networks {
-        println!(" \u{2714} Network {:<30} Removed", n.id);
+        prog.set(&format!("Network {}", n.id), "Removed", true);
     }
     let _ = resp;
     Ok(0)

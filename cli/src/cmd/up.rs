@@ -84,6 +84,7 @@ pub async fn run(g: &Global, a: &UpArgs) -> Result<i32> {
         &wanted,
         Duration::from_secs(a.wait_timeout),
         goal,
+        &g.progress,
     )
     .await?;
     if code != 0 || a.detach || a.wait || a.no_start {
@@ -278,8 +279,10 @@ async fn wait_running(
     wanted: &BTreeMap<String, usize>,
     timeout: Duration,
     goal: Goal,
+    progress: &str,
 ) -> Result<i32> {
     let stack = spec.name.as_str();
+    let mut prog = crate::render::Progress::new(progress);
     let mut events = ctl
         .events(pb::EventsRequest {
             stack: stack.to_string(),
@@ -291,7 +294,6 @@ async fn wait_running(
         .into_inner();
     let deadline = Instant::now() + timeout;
     let mut latest: BTreeMap<(String, u32), pb::Task> = BTreeMap::new();
-    let mut printed: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let ev = match tokio::time::timeout(remaining, events.next()).await {
@@ -348,10 +350,8 @@ async fn wait_running(
             pb::TaskState::Preparing | pb::TaskState::Starting => "Starting",
             _ => "Created",
         };
-        if printed.get(&task.name).map(String::as_str) != Some(word) {
-            println!(" \u{2714} Container {:<28} {word}", task.name);
-            printed.insert(task.name.clone(), word.to_string());
-        }
+        let done = !matches!(word, "Starting" | "Waiting");
+        prog.set(&format!("Container {}", task.name), word, done);
         if matches!(status.state(), pb::TaskState::Rejected)
             || (status.state() == pb::TaskState::Failed && no_restart(&task))
         {
@@ -635,6 +635,7 @@ pub async fn scale(g: &Global, a: &crate::opts::ScaleArgs) -> Result<i32> {
         &wanted,
         Duration::from_secs(120),
         Goal::Running,
+        &g.progress,
     )
     .await
 }
