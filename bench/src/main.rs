@@ -299,6 +299,7 @@ fn real_main() -> Result<()> {
     for (key, shape, n, r) in [
         ("chain10", Shape::Chain, 10, reps.stack_small),
         ("fanout50", Shape::FanOut, 50, reps.stack_large),
+        ("tier3", Shape::ThreeTier, 3, reps.stack_small),
     ] {
         println!("== stack {key} up/down ({r} runs each)");
         let mut up: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
@@ -315,9 +316,12 @@ fn real_main() -> Result<()> {
                     &stacks::compose_file(shape, n, *none),
                 )?;
                 let project = format!("fb{key}{rep}x{i}");
-                let res = tool
-                    .up(&file, &project, n)
-                    .and_then(|u| tool.down(&file, &project).map(|d| (u, d)));
+                let up_res = if shape == Shape::ThreeTier {
+                    tool.up_healthy(&file, &project, n)
+                } else {
+                    tool.up(&file, &project, n)
+                };
+                let res = up_res.and_then(|u| tool.down(&file, &project).map(|d| (u, d)));
                 match res {
                     Ok((u, d)) => {
                         println!("  {name}: up {u:.0} ms, down {d:.0} ms");
@@ -350,10 +354,10 @@ fn real_main() -> Result<()> {
                     "Stack up/down",
                     &format!(
                         "{n}-service {} {phase}{label}",
-                        if shape == Shape::Chain {
-                            "chain"
-                        } else {
-                            "fan-out"
+                        match shape {
+                            Shape::Chain => "chain",
+                            Shape::FanOut => "fan-out",
+                            _ => "health-gated stack (db → api → web, up until healthy)",
                         }
                     ),
                     "ms",

@@ -11,6 +11,7 @@
 //! after a restart it re-adopts running containers by their labels.
 
 pub mod controller;
+pub mod dns;
 pub mod executor;
 pub mod health;
 pub mod image_verbs;

@@ -167,8 +167,12 @@ impl Netlink {
             .map_err(|e| NetError::netlink("setting bridge up", name, e))?;
 
         // A dump is interrupted (EBUSY) when any address on the host changes
-        // meanwhile, e.g. another network being set up: read it again.
-        let mut attempt = 0;
+        // meanwhile, e.g. another network being set up or dozens of
+        // containers' veths appearing at once: read it again, for as long
+        // as a busy host plausibly keeps changing (10 tries were not enough
+        // for 50 containers starting together).
+        let mut attempt: u64 = 0;
+        let busy_until = std::time::Instant::now() + std::time::Duration::from_secs(15);
         let addresses: Vec<_> = loop {
             let r: Result<Vec<_>, _> = self
                 .handle
@@ -180,9 +184,13 @@ impl Netlink {
                 .await;
             match r {
                 Ok(a) => break a,
-                Err(e) if errno_of(&e) == Some(libc::EBUSY) && attempt < 10 => {
+                Err(e)
+                    if errno_of(&e) == Some(libc::EBUSY)
+                        && std::time::Instant::now() < busy_until =>
+                {
                     attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+                    let ms = (5 * attempt).min(100);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 }
                 Err(e) => return Err(NetError::netlink("listing addresses of bridge", name, e)),
             }
