@@ -60,6 +60,20 @@ pub fn targets(store: &StoreHandle, node_id: &str) -> Result<Vec<Target>, Status
     })
 }
 
+/// Like [`targets`], but when no node is ready yet (a daemon that has just
+/// started, whose own agent is still registering) waits up to 10 s for one
+/// rather than failing a request that would succeed a moment later.
+pub async fn ready_targets(store: &StoreHandle, node_id: &str) -> Result<Vec<Target>, Status> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = targets(store, node_id)?;
+        if !t.is_empty() || !node_id.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(t);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn client(t: &Target) -> Result<NodeAgentClient<Channel>, Status> {
     let ch = flotilla_proto::transport::connect(&t.addr)
         .await

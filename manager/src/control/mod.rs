@@ -557,7 +557,7 @@ impl Control for ControlApi {
         request: Request<ResolveImagesRequest>,
     ) -> Result<Response<ResolveImagesResponse>, Status> {
         let req = request.into_inner();
-        let targets = forward::targets(&self.inner.store, &req.node_id)?;
+        let targets = forward::ready_targets(&self.inner.store, &req.node_id).await?;
         forward::resolve_images(targets, req)
             .await
             .map(Response::new)
@@ -583,7 +583,7 @@ impl Control for ControlApi {
             Some(Err(e)) => return Err(e),
             None => return Err(Status::invalid_argument("empty image archive upload")),
         };
-        let targets = forward::targets(&self.inner.store, &first.node_id)?;
+        let targets = forward::ready_targets(&self.inner.store, &first.node_id).await?;
         if targets.is_empty() {
             return Err(Status::failed_precondition(
                 "no ready node to load the image on",

@@ -247,7 +247,7 @@ pub async fn pull(
     store: &StoreHandle,
     req: pb::PullImageRequest,
 ) -> Result<Relayed<pb::ImageProgress>, Status> {
-    let targets = forward::targets(store, &req.node_id)?;
+    let targets = forward::ready_targets(store, &req.node_id).await?;
     merged(targets, |mut c, t| {
         let mut r = req.clone();
         r.node_id = t.node_id;
