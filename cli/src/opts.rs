@@ -149,6 +149,9 @@ pub enum Command {
     Pull(crate::cmd::pull::PullArgs),
     /// Push the services' images to their registries.
     Push(crate::cmd::pull::PushArgs),
+    /// Manage networks (ls, inspect, create, rm, prune).
+    #[command(subcommand)]
+    Network(crate::cmd::network::NetworkCmd),
 }
 
 #[derive(Args, Debug)]

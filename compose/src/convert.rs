@@ -1026,6 +1026,15 @@ fn service(cx: &mut Cx, entry: &Entry, path: &str, refs: &Refs) -> ServiceSpec {
                 &path_join(path, "network_mode"),
                 format!("unknown service {target:?}"),
             );
+        } else if !s.depends_on.iter().any(|d| d.service == target) {
+            // Compose: sharing a service's network namespace implies
+            // depending on it (started, and restarted along with it).
+            s.depends_on.push(Dependency {
+                service: target.to_string(),
+                condition: DependencyCondition::Started as i32,
+                restart: true,
+                required: true,
+            });
         }
     }
     s

@@ -30,6 +30,103 @@ pub fn bridge_name(net: &pb::Network) -> Result<&str, String> {
     Ok(&net.bridge)
 }
 
+/// The label carrying a container's name (`<stack>-<service>-<slot>` or
+/// `container_name`), for `network_mode: container:NAME`.
+pub const LABEL_CONTAINER_NAME: &str = "com.docker.compose.container-name";
+
+/// Compose's `network_mode`: whose network namespace a container uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetMode {
+    /// A namespace of its own, attached to its networks (the default).
+    Bridge,
+    /// The agent's (the host's) namespace.
+    Host,
+    /// A namespace of its own with only `lo`.
+    None,
+    /// The namespace of the first running container of service NAME of the
+    /// same stack.
+    Service(String),
+    /// The namespace of the container named (or with id) NAME on this node.
+    Container(String),
+}
+
+impl NetMode {
+    pub fn parse(mode: &str) -> Result<NetMode, String> {
+        Ok(match mode {
+            "" | "bridge" | "default" => NetMode::Bridge,
+            "host" => NetMode::Host,
+            "none" => NetMode::None,
+            m => match m.split_once(':') {
+                Some(("service", n)) if !n.is_empty() => NetMode::Service(n.to_string()),
+                Some(("container", n)) if !n.is_empty() => NetMode::Container(n.to_string()),
+                _ => {
+                    return Err(format!(
+                        "network_mode {mode:?} is not supported (use host, none, bridge, service:NAME or container:NAME)"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// Whether the container has a namespace the agent made and attached.
+    pub fn is_bridge(&self) -> bool {
+        *self == NetMode::Bridge
+    }
+}
+
+/// The namespace path a task that does not get its own attached namespace
+/// joins: `Ok(None)` for `none` (the runtime makes a fresh one with `lo`).
+/// `Err` says which container to share with is missing (the task fails and
+/// the restart policy tries again once it runs).
+pub fn shared_netns(
+    rt: &flotilla_runtime::container::Runtime,
+    task: &pb::Task,
+    mode: &NetMode,
+) -> Result<Option<PathBuf>, String> {
+    use crate::executor::{LABEL_SERVICE, LABEL_STACK};
+    use flotilla_runtime::container::ContainerState;
+    let running_pid = |pred: &dyn Fn(&flotilla_runtime::container::ContainerInfo) -> bool| {
+        let mut found: Vec<_> = rt
+            .list()
+            .map_err(|e| format!("listing containers: {e}"))?
+            .into_iter()
+            .filter(|c| c.state == ContainerState::Running && c.pid.is_some() && pred(c))
+            .collect();
+        // "The first" is the one that has run longest.
+        found.sort_by_key(|c| (c.started_at, c.id.clone()));
+        Ok::<_, String>(found.first().and_then(|c| c.pid))
+    };
+    let pid = match mode {
+        NetMode::Bridge => return Ok(None),
+        NetMode::None => return Ok(None),
+        // The agent runs in the host's namespace (or in the one it was
+        // started in, on a testbed "host").
+        NetMode::Host => {
+            return Ok(Some(PathBuf::from(format!(
+                "/proc/{}/ns/net",
+                std::process::id()
+            ))))
+        }
+        NetMode::Service(name) => running_pid(&|c| {
+            c.labels.get(LABEL_STACK) == Some(&task.stack)
+                && c.labels.get(LABEL_SERVICE) == Some(name)
+        })?
+        .ok_or_else(|| {
+            format!(
+                "network_mode service:{name}: no running container of service {name} on this node"
+            )
+        })?,
+        NetMode::Container(name) => running_pid(&|c| {
+            c.labels.get(LABEL_CONTAINER_NAME) == Some(name)
+                || (name.len() >= 12 && c.id.starts_with(name.as_str()))
+        })?
+        .ok_or_else(|| {
+            format!("network_mode container:{name}: no running container {name} on this node")
+        })?,
+    };
+    Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/net"))))
+}
+
 /// Creates the task's network namespace and attaches it to each of its
 /// networks (bridge and rules made on first use). Returns the namespace.
 pub async fn setup_task(
@@ -225,6 +322,12 @@ fn port_book() -> std::sync::MutexGuard<'static, BTreeMap<PortKey, Reservation>>
 /// here and are left out).
 pub fn published_keys(spec: &pb::ServiceSpec) -> Result<Vec<(PortKey, u16)>, String> {
     let mut out = Vec::new();
+    // Only a container with its own attached namespace can be reached
+    // through a published port (Compose ignores `ports` with host mode and
+    // refuses them when sharing another container's namespace).
+    if !NetMode::parse(&spec.network_mode).is_ok_and(|m| m.is_bridge()) {
+        return Ok(out);
+    }
     for p in &spec.ports {
         if p.published == 0 {
             continue;

@@ -106,13 +106,26 @@ pub async fn start_task(
     )
     .map_err(|e| StartError::Rejected(e.to_string()))?;
 
+    let net_mode = network::NetMode::parse(&spec.network_mode).map_err(StartError::Rejected)?;
+
     // Published host ports, refused before anything is made if taken.
     network::reserve_ports(task).map_err(StartError::Rejected)?;
 
-    // Network endpoint: a netns with one veth per attached network.
-    let netns_path = network::setup_task(ctx, task, networks)
-        .await
-        .map_err(StartError::Failed)?;
+    // Network endpoint: a netns with one veth per attached network, or
+    // (network_mode) the host's, a bare one, or another container's.
+    let netns_path = if net_mode.is_bridge() {
+        Some(
+            network::setup_task(ctx, task, networks)
+                .await
+                .map_err(StartError::Failed)?,
+        )
+    } else {
+        let (rt, t) = (ctx.runtime.clone(), task.clone());
+        tokio::task::spawn_blocking(move || network::shared_netns(&rt, &t, &net_mode))
+            .await
+            .map_err(|e| StartError::Failed(format!("netns worker: {e}")))?
+            .map_err(StartError::Failed)?
+    };
 
     // Files the container sees as /etc/hosts, /etc/hostname, /etc/resolv.conf.
     let dir = ctx.task_dir(&task.id);
@@ -123,6 +136,12 @@ pub async fn start_task(
     labels.insert(LABEL_TASK.to_string(), task.id.clone());
     labels.insert(LABEL_STACK.to_string(), task.stack.clone());
     labels.insert(LABEL_SERVICE.to_string(), task.service_name.clone());
+    let name = if task.name.is_empty() {
+        spec.container_name.clone()
+    } else {
+        task.name.clone()
+    };
+    labels.insert(network::LABEL_CONTAINER_NAME.to_string(), name);
     let mut cspec = container_spec(&spec).map_err(StartError::Rejected)?;
     cspec.id = container_id(&task.id);
     cspec.hostname = hostname;
@@ -131,7 +150,7 @@ pub async fn start_task(
     cspec.env = proc_.env;
     cspec.cwd = proc_.cwd;
     cspec.user = proc_.user;
-    cspec.netns = Some(netns_path);
+    cspec.netns = netns_path;
     cspec.mounts = files;
     cspec.labels = labels;
     let volumes = ctx.volumes().map_err(StartError::Failed)?;

@@ -11,6 +11,7 @@ pub(crate) mod inspect;
 pub(crate) mod lifecycle;
 mod logs;
 mod ls;
+pub(crate) mod network;
 pub(crate) mod ops;
 pub(crate) mod port;
 mod ps;
@@ -82,6 +83,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Cp(a) => ops::cp(g, a).await,
         Command::Pull(a) => pull::pull(g, a).await,
         Command::Push(a) => pull::push(g, a).await,
+        Command::Network(c) => network::run(g, c).await,
     }
 }
 

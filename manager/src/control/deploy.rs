@@ -2,7 +2,8 @@
 //! one batch that writes the stack, its services and its networks (with
 //! their subnets and VIPs allocated).
 //!
-//! Pure over a [`StoreView`]; tasks are never written here (the
+//! Pure over a [`StoreView`] (but for the host's socket table, read when a
+//! service publishes a fixed port); tasks are never written here (the
 //! orchestrator makes them from the services). Services whose spec hash,
 //! replicas and desired state are unchanged are left alone, so re-running a
 //! deploy changes nothing.
@@ -57,8 +58,12 @@ pub enum DeployError {
     },
     #[error("stack {stack}: --services names {service}, which is not a service of the stack")]
     UnknownSelected { stack: String, service: String },
-    #[error("stack {stack}: external network {network} does not exist")]
-    MissingExternalNetwork { stack: String, network: String },
+    #[error("stack {stack}: network {name} is declared external, but network {network} does not exist (create it with `flotilla network create {network}`)")]
+    MissingExternalNetwork {
+        stack: String,
+        name: String,
+        network: String,
+    },
     #[error("stack {stack} is being removed; wait for the removal to finish")]
     BeingRemoved { stack: String },
     #[error("stack {stack} was changed by another deploy while this one was prepared (now at version {current}, this one was based on {base}): another `up` for the same project is running; run this one again when it is done")]
@@ -66,6 +71,12 @@ pub enum DeployError {
         stack: String,
         base: u64,
         current: u64,
+    },
+    #[error("stack {stack}: {source}")]
+    Port {
+        stack: String,
+        #[source]
+        source: ipam::ports::PortConflict,
     },
     #[error("stack {stack}: {source}")]
     Ipam {
@@ -262,6 +273,17 @@ pub fn plan_deploy(
         }
     }
     let selected = selected_services(spec, &req.services, req.no_deps)?;
+    // Published ports that cannot be had stop the deploy before anything
+    // starts. The host's sockets are read only when a port is published.
+    let host_ports = if ipam::ports::publishes_any(spec, &selected) {
+        ipam::ports::host_sockets()
+    } else {
+        Vec::new()
+    };
+    ipam::ports::check(view, spec, &selected, &host_ports).map_err(|source| DeployError::Port {
+        stack: stack_id.clone(),
+        source,
+    })?;
     let spec_version = old_stack.map_or(0, |s| s.spec_version) + 1;
     let mut actions = Vec::new();
     let mut resp = DeployStackResponse {
@@ -309,6 +331,7 @@ pub fn plan_deploy(
         if nspec.external {
             return Err(DeployError::MissingExternalNetwork {
                 stack: stack_id.clone(),
+                name: name.clone(),
                 network: id,
             });
         }

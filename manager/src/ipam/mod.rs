@@ -17,6 +17,8 @@
 //!   subnet and free); the MAC is derived from the IPv4 address
 //!   (`02:42:a:b:c:d`) unless the spec sets one.
 
+pub mod ports;
+
 use crate::orchestrator::StoreView;
 use flotilla_proto::v1::{
     EndpointAddress, Network, NetworkAttachment, NetworkSpec, Service, ServiceSpec, SlotAddress,
@@ -106,6 +108,12 @@ pub fn bridge_name(network_id: &str) -> String {
     let digest = Sha256::digest(network_id.as_bytes());
     let hex = hex::encode(digest);
     format!("flt-{}", &hex[..11])
+}
+
+/// A network's id as `network ls` shows it: 64 hex digits of the SHA-256
+/// of its stored id (which is its name), stable across restarts and nodes.
+pub fn network_hex_id(network_id: &str) -> String {
+    hex::encode(Sha256::digest(network_id.as_bytes()))
 }
 
 /// The MAC address derived from an IPv4 address, as Docker does.
@@ -287,6 +295,9 @@ fn vip_owner(service_id: &str) -> String {
 #[derive(Debug, Clone)]
 struct NetAddrs {
     subnet: Ipv4Net,
+    /// `ipam.ip_range`: where dynamic addresses come from (pins may be
+    /// anywhere in the subnet, as in Docker).
+    range: Option<Ipv4Net>,
     used: BTreeMap<Ipv4Addr, String>,
 }
 
@@ -325,7 +336,25 @@ impl AddressBook {
         if let Ok(g) = n.gateway.parse::<Ipv4Addr>() {
             used.insert(g, format!("gateway of {}", n.id));
         }
-        self.nets.insert(n.id.clone(), NetAddrs { subnet, used });
+        let mut range = None;
+        for p in n.spec.iter().flat_map(|s| s.ipam.iter()) {
+            if let Ok(r) = p.ip_range.parse::<Ipv4Net>() {
+                range = Some(r.trunc()).filter(|r| subnet.contains(&r.network()));
+            }
+            for (name, a) in &p.aux_addresses {
+                if let Ok(a) = a.parse::<Ipv4Addr>() {
+                    used.insert(a, format!("aux address {name} of {}", n.id));
+                }
+            }
+        }
+        self.nets.insert(
+            n.id.clone(),
+            NetAddrs {
+                subnet,
+                range,
+                used,
+            },
+        );
     }
 
     /// Marks a service's addresses (VIPs, slots, pins) as used.
@@ -371,7 +400,11 @@ impl AddressBook {
             .ok_or_else(|| IpamError::UnknownNetwork {
                 network: network_id.to_string(),
             })?;
-        let free = net.subnet.hosts().find(|a| !net.used.contains_key(a));
+        let pool = net.range.unwrap_or(net.subnet);
+        let free = pool
+            .hosts()
+            .chain([pool.network(), pool.broadcast()])
+            .find(|a| net.subnet.contains(a) && !net.used.contains_key(a));
         match free {
             Some(a) => {
                 net.used.insert(a, owner);

@@ -276,3 +276,38 @@ fn attachments_follow_network_mode_and_priority() {
         .collect();
     assert_eq!(ids, vec!["s_b", "s_a"]);
 }
+
+#[test]
+fn ip_range_limits_dynamic_addresses_and_aux_addresses_are_reserved() {
+    let mut n = net("shared", "172.30.5.0/24");
+    n.spec = Some(NetworkSpec {
+        name: "shared".into(),
+        ipam: vec![IpamPool {
+            subnet: "172.30.5.0/24".into(),
+            ip_range: "172.30.5.128/30".into(),
+            aux_addresses: [("printer".to_string(), "172.30.5.129".to_string())].into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut book = AddressBook::default();
+    book.add_network(&n);
+    let got: Vec<Ipv4Addr> = (0..3)
+        .map(|i| book.allocate("shared", format!("t{i}")).unwrap())
+        .collect();
+    // .129 is the aux address; the range holds .128-.131.
+    assert_eq!(
+        got,
+        vec![
+            "172.30.5.130".parse::<Ipv4Addr>().unwrap(),
+            "172.30.5.128".parse().unwrap(),
+            "172.30.5.131".parse().unwrap(),
+        ]
+    );
+    assert!(matches!(
+        book.allocate("shared", "t4".into()),
+        Err(IpamError::SubnetFull { .. })
+    ));
+    // A pin outside the range but inside the subnet is still fine.
+    assert!(book.reserve_pin("shared", "s_x", 1, "172.30.5.9").is_ok());
+}
