@@ -185,7 +185,12 @@ pub fn parse_proc_net(text: &str, udp: bool, v6: bool) -> Vec<(HostPort, u64)> {
             continue;
         };
         // 0A: LISTEN; 07: CLOSE (bound, unconnected; every UDP socket).
-        if !(state == "0A" || state == "07") || (udp && state != "07") {
+        let bound = if udp {
+            state == "07"
+        } else {
+            state == "0A" || state == "07"
+        };
+        if !bound {
             continue;
         }
         let Ok(port) = u16::from_str_radix(port, 16) else {
