@@ -408,6 +408,13 @@ pub fn plan_deploy(
                 if req.no_recreate {
                     hash = old.spec_hash.clone();
                 }
+                // `up --no-start` creates what is missing; like Compose it
+                // does not stop a service that already runs.
+                let desired = if req.no_start && old.desired() == ServiceDesired::Running {
+                    ServiceDesired::Running
+                } else {
+                    desired
+                };
                 let changed = old.spec_hash != hash
                     || old.spec.as_ref() != Some(&sspec)
                     || old.desired() != desired
@@ -569,6 +576,28 @@ mod tests {
         assert!(plan_deploy(&snap, &r, pool(), ts(3)).is_ok());
         r.base_spec_version = None;
         assert!(plan_deploy(&snap, &r, pool(), ts(3)).is_ok());
+    }
+
+    #[test]
+    fn up_no_start_leaves_a_running_service_running() {
+        let spec1 = stack_spec(vec![spec("db")]);
+        let mut snap = StoreSnapshot::default();
+        let (actions, _) = plan_deploy(&snap, &req(spec1.clone()), pool(), ts(1)).unwrap();
+        for a in actions {
+            match a.object {
+                Some(store_action::Object::Stack(o)) => snap.stacks.push(o),
+                Some(store_action::Object::Service(o)) => snap.services.push(o),
+                Some(store_action::Object::Network(o)) => snap.networks.push(o),
+                _ => {}
+            }
+        }
+        let mut r = req(spec1);
+        r.no_start = true;
+        let (actions, resp) = plan_deploy(&snap, &r, pool(), ts(2)).unwrap();
+        assert_eq!(resp.unchanged, vec!["db"], "{actions:?}");
+        assert!(actions
+            .iter()
+            .all(|a| !matches!(a.object, Some(store_action::Object::Service(_)))));
     }
 
     #[test]
