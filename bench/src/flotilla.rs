@@ -41,6 +41,7 @@ impl Daemon {
             ("FLOTILLA_RUN_DIR".into(), run_dir.display().to_string()),
             ("FLOTILLA_CGROUP_PARENT".into(), cgroup_parent.clone()),
             ("FLOTILLA_ADDRESS_POOL".into(), format!("10.{octet}.0.0/16")),
+            ("FLOTILLA_DNS_UPSTREAM".into(), "none".into()),
             ("NO_COLOR".into(), "1".into()),
         ];
         let log = std::fs::File::create(dir.join("flotilla-daemon.log")).context("daemon log")?;

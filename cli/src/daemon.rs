@@ -10,6 +10,25 @@ use flotilla_proto::transport::{self, Addr};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// The embedded DNS server's upstream resolvers: `--dns-upstream`, or
+/// the host's non-loopback nameservers.
+fn dns_upstream(arg: Option<&str>) -> Result<Vec<std::net::SocketAddr>> {
+    match arg.map(str::trim) {
+        None | Some("") => {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            Ok(flotilla_agent::dns::host_upstreams(&host))
+        }
+        Some("none") => Ok(Vec::new()),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                flotilla_agent::dns::parse_upstream(s)
+                    .with_context(|| format!("--dns-upstream / FLOTILLA_DNS_UPSTREAM: {s:?}"))
+            })
+            .collect(),
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT or `flotilla daemon stop`.
 pub async fn serve(g: &Global, args: &ServerArgs) -> Result<i32> {
     let Addr::Unix(sock) = Addr::parse(&g.host)? else {
@@ -59,6 +78,7 @@ pub async fn serve(g: &Global, args: &ServerArgs) -> Result<i32> {
         cgroup_parent: args.cgroup_parent.clone(),
         shim_exe: std::env::current_exe().context("finding the flotilla binary")?,
         hostname,
+        dns_upstream: dns_upstream(args.dns_upstream.as_deref())?,
     })
     .await
     .context("starting the node agent")?;

@@ -357,4 +357,9 @@ pub struct ServerArgs {
     /// Take a Raft snapshot every N applied entries.
     #[arg(long, default_value_t = 1000)]
     pub snapshot_every: u64,
+    /// Where the embedded DNS server forwards names it does not know:
+    /// comma-separated `IP[:PORT]`, or `none` to answer them SERVFAIL.
+    /// Default: the host's non-loopback nameservers from /etc/resolv.conf.
+    #[arg(long, env = "FLOTILLA_DNS_UPSTREAM")]
+    pub dns_upstream: Option<String>,
 }

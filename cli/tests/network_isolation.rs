@@ -162,3 +162,103 @@ fn slot_keeps_its_address_across_daemon_restart() {
     assert_eq!(after.as_ref(), Some(&before), "{}", d.daemon_log());
     d.ok(&dir, &["down"]);
 }
+
+/// What is left of a daemon's networking on the host: bridges and
+/// addresses in its pool, nft rules for it, namespaces in its run dir.
+fn network_leftovers(d: &Daemon) -> Vec<String> {
+    let subnet_prefix: String = d.pool.split('.').take(2).collect::<Vec<_>>().join(".") + ".";
+    let mut left: Vec<String> = links_in_pool(&d.pool)
+        .into_iter()
+        .map(|(l, a)| format!("link {l} {a}"))
+        .collect();
+    if nft_ruleset().contains(&subnet_prefix) {
+        left.push(format!("nft rules for {subnet_prefix}*"));
+    }
+    let netns: Vec<_> = std::fs::read_dir(d.run_dir.join("netns"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    left.extend(netns.into_iter().map(|n| format!("netns {}", n.display())));
+    left.extend(
+        host_links()
+            .into_iter()
+            .filter(|l| l.starts_with("vfdeadbeef"))
+            .map(|l| format!("veth {l}")),
+    );
+    left
+}
+
+#[test]
+fn a_killed_daemon_tears_down_what_it_left_after_its_restart() {
+    require_root!();
+    let mut d = Daemon::new();
+    d.start();
+    d.import_demo_image();
+    let project = format!("il{}", d.name);
+    let dir = d.root.path().join(&project);
+    write_project(
+        &dir,
+        "services:\n  store:\n    image: flotilla-demo:test\n    command: [\"store\"]\n    networks: [a, b]\n  client:\n    image: flotilla-demo:test\n    command: [\"sleep\"]\n    networks: [b]\nnetworks:\n  a: {}\n  b: {}\n",
+    );
+    d.ok(&dir, &["up", "-d"]);
+    // A container on two networks has one interface on each.
+    let store = row(&d.ps(&dir, &project), "store")["Pid"].as_i64().unwrap();
+    let links = in_container(store, &["/demo", "ls", "/sys/class/net"]);
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(
+        links.split_whitespace().collect::<Vec<_>>(),
+        ["eth0", "eth1", "lo"]
+    );
+
+    // The daemon dies; meanwhile a half-made endpoint of a task that never
+    // got its container (a namespace and the host end of its veth) is left
+    // in the daemon's run dir, as a kill mid-create leaves it.
+    d.kill9();
+    let netns_dir = d.run_dir.join("netns");
+    let _ = flotilla_runtime::net::netns::remove(&netns_dir, "deadbeef0123");
+    let orphan = flotilla_runtime::net::netns::create(&netns_dir, "deadbeef0123").unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "vfdeadbeef010"])
+        .output();
+    network_support::sh(&[
+        "ip",
+        "link",
+        "add",
+        "vfdeadbeef010",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vfdeadbeefp",
+    ]);
+    struct Veth;
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", "vfdeadbeef010"])
+                .output();
+        }
+    }
+    let _veth = Veth;
+
+    d.start();
+    let swept = eventually(Duration::from_secs(20), || {
+        (!orphan.exists() && !host_links().iter().any(|l| l.starts_with("vfdeadbeef")))
+            .then_some(())
+    });
+    assert!(
+        swept.is_some(),
+        "leftover endpoint not swept:\n{}",
+        d.daemon_log()
+    );
+    // Networks the dead daemon set up are still torn down by the new one.
+    d.ok(&dir, &["down"]);
+    let clean = eventually(Duration::from_secs(15), || {
+        network_leftovers(&d).is_empty().then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "left after down: {:?}\n{}",
+        network_leftovers(&d),
+        d.daemon_log()
+    );
+}

@@ -4,10 +4,11 @@
 //! namespace. Needs root.
 
 mod common;
+mod network_support;
 
 use common::*;
+use network_support::vip_with_backends;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const COMPOSE: &str = r#"
@@ -26,31 +27,6 @@ services:
 fn write_project(dir: &Path, body: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("compose.yaml"), body).unwrap();
-}
-
-/// The VIP whose DNAT map has `n` backends, from the container's table.
-fn vip_with_backends(pid: i64, n: usize) -> Option<String> {
-    let out = Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "flotilla-vip",
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines().find_map(|l| {
-        let l = l.trim();
-        let rest = l.strip_prefix("ip daddr ")?;
-        let (vip, tail) = rest.split_once(' ')?;
-        tail.contains(&format!("mod {n} map"))
-            .then(|| vip.to_string())
-    })
 }
 
 #[test]

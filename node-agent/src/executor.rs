@@ -9,6 +9,7 @@
 //! It never decides what should run or where: that is the manager's.
 
 use crate::controller::{self, Container, Step};
+use crate::dns::DnsServer;
 use crate::network;
 use crate::node_service::{KnownTasks, NodeService};
 use crate::process::container_id;
@@ -51,6 +52,9 @@ pub struct AgentConfig {
     pub shim_exe: PathBuf,
     /// The node's hostname as reported to the manager.
     pub hostname: String,
+    /// Where the embedded DNS server forwards names it does not know
+    /// (empty: answer them SERVFAIL).
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 /// Errors starting the agent.
@@ -200,6 +204,8 @@ impl Agent {
         )));
 
         let nat = network::NatSync::start(network::owner_tag(&cfg.state_dir));
+        let dns = DnsServer::new(cfg.dns_upstream.clone());
+        let live_networks_file = cfg.state_dir.join("live-networks");
         let exec = Executor {
             cfg: Arc::new(cfg),
             runtime,
@@ -210,10 +216,12 @@ impl Agent {
             entries: HashMap::new(),
             networks: HashMap::new(),
             services: Vec::new(),
-            live_networks: HashMap::new(),
+            live_networks: load_live_networks(&live_networks_file),
+            live_networks_file,
             have_assignments: false,
             peers: Vec::new(),
             nat,
+            dns,
         };
         tasks.push(tokio::spawn(exec.run(assign_rx, stop_rx)));
         Ok(AgentHandle {
@@ -221,6 +229,18 @@ impl Agent {
             tasks,
         })
     }
+}
+
+/// Reads the `network-id bridge` lines a previous agent left.
+fn load_live_networks(path: &std::path::Path) -> HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (id, bridge) = l.split_once(' ')?;
+            Some((id.to_string(), bridge.to_string()))
+        })
+        .collect()
 }
 
 fn total_memory() -> i64 {
@@ -284,10 +304,16 @@ struct Executor {
     /// Networks whose bridge and rules this agent set up, with their
     /// bridge names (kept here: the manager may delete the network first).
     live_networks: HashMap<String, String>,
+    /// Where `live_networks` is kept, so a daemon killed before it tore a
+    /// network down still does so after its restart.
+    live_networks_file: PathBuf,
     have_assignments: bool,
     /// Every task of this node's stacks (the manager's view), for VIPs.
     peers: Vec<pb::Task>,
     nat: network::NatSync,
+    /// Serves every bridge-mode container's 127.0.0.11 from this node's
+    /// latest assignment set.
+    dns: DnsServer,
 }
 
 /// Pauses or resumes a container through the runtime.
@@ -377,7 +403,11 @@ impl Executor {
         adopted: &mut HashMap<String, ContainerInfo>,
         ev_tx: &mpsc::Sender<Event>,
     ) {
+        let first = !self.have_assignments;
         self.have_assignments = true;
+        // Names first: a container started from this set must find its
+        // peers as soon as it runs.
+        self.dns.update(&set);
         self.networks = set
             .networks
             .into_iter()
@@ -404,6 +434,9 @@ impl Executor {
                     };
                     if watch {
                         self.watch_exit(&task.id, ev_tx);
+                        // Our sockets in its netns died with the last agent.
+                        let (ctx, t) = (self.op_context(), task.clone());
+                        tokio::spawn(async move { crate::tasks::attach_dns(&ctx, &t).await });
                     }
                     let status = task.status.clone().unwrap_or_default();
                     let task_id = task.id.clone();
@@ -428,6 +461,9 @@ impl Executor {
         for (task_id, info) in adopted.drain() {
             tracing::info!(task = %task_id, container = %info.id, "removing orphaned container");
             self.spawn_remove(task_id, ev_tx);
+        }
+        if first {
+            self.sweep_orphan_netns();
         }
         if let Ok(mut k) = self.known.lock() {
             *k = self
@@ -649,10 +685,19 @@ impl Executor {
             .iter()
             .filter_map(|a| self.networks.get(&a.network_id).cloned())
             .collect();
+        let mut added = false;
         for n in &networks {
             if let Ok(b) = network::bridge_name(n) {
-                self.live_networks.insert(n.id.clone(), b.to_string());
+                added |= self
+                    .live_networks
+                    .insert(n.id.clone(), b.to_string())
+                    .is_none();
             }
+        }
+        if added {
+            // Before the bridge exists: a crash right after must still
+            // find it to tear down.
+            self.save_live_networks();
         }
         let services = self.services.clone();
         let ctx = self.op_context();
@@ -790,11 +835,63 @@ impl Executor {
             runtime: self.runtime.clone(),
             images: self.images.clone(),
             netlink: self.netlink.clone(),
+            dns: self.dns.clone(),
+        }
+    }
+
+    /// Removes the namespaces (and their veths) a previous agent made for
+    /// tasks that are gone: killed between removing a container and its
+    /// endpoint, it left them behind. Runs once, on the first assignment
+    /// set, when every task this node still has is known.
+    fn sweep_orphan_netns(&self) {
+        let keep: HashSet<String> = self
+            .entries
+            .keys()
+            .map(|id| crate::tasks::short(id))
+            .collect();
+        let names = match net::netns::list(&self.cfg.run_dir.join("netns")) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("listing network namespaces: {e}");
+                return;
+            }
+        };
+        let orphans: Vec<String> = names.into_iter().filter(|n| !keep.contains(n)).collect();
+        if orphans.is_empty() {
+            return;
+        }
+        let ctx = self.op_context();
+        tokio::spawn(async move {
+            for name in orphans {
+                tracing::info!(netns = %name, "removing a leftover network namespace");
+                network::teardown_netns(&ctx, &name).await;
+            }
+        });
+    }
+
+    /// Writes `live_networks` down (atomically: a torn file would lose
+    /// networks to tear down).
+    fn save_live_networks(&self) {
+        let text: String = self
+            .live_networks
+            .iter()
+            .map(|(id, b)| format!("{id} {b}\n"))
+            .collect();
+        let tmp = self.live_networks_file.with_extension("tmp");
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.live_networks_file));
+        if let Err(e) = r {
+            tracing::warn!(file = %self.live_networks_file.display(), "saving the networks set up here: {e}");
         }
     }
 
     /// Removes the bridge and rules of networks no task here uses any more.
+    /// Not before the first assignment set: until then the tasks that use
+    /// the networks a previous agent set up are not known yet.
     fn teardown_unused_networks(&mut self) {
+        if !self.have_assignments {
+            return;
+        }
         let used: HashSet<&str> = self
             .entries
             .values()
@@ -806,10 +903,14 @@ impl Executor {
             .filter(|(n, _)| !used.contains(n.as_str()))
             .map(|(n, b)| (n.clone(), b.clone()))
             .collect();
+        if unused.is_empty() {
+            return;
+        }
         for (id, bridge) in unused {
             self.live_networks.remove(&id);
             let nl = self.netlink.clone();
             tokio::spawn(async move { network::remove_network(&nl, &id, &bridge).await });
         }
+        self.save_live_networks();
     }
 }

@@ -173,11 +173,34 @@ async fn attach_networks(
             .ensure_bridge(&bridge, &format!("{}/{prefix}", net.gateway), None)
             .await
             .map_err(|e| format!("setting up bridge {bridge} for network {}: {e}", net.id))?;
+        let v6 = !net.subnet_v6.is_empty();
+        if v6 {
+            if !firewall::ipv6_available() {
+                return Err(format!(
+                    "network {} has enable_ipv6, but IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6 = 1)",
+                    net.id
+                ));
+            }
+            let prefix6 = net.subnet_v6.split('/').nth(1).unwrap_or("64");
+            ctx.netlink
+                .add_address_v6(&bridge, &format!("{}/{prefix6}", net.gateway_v6))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "IPv6 gateway on bridge {bridge} for network {}: {e}",
+                        net.id
+                    )
+                })?;
+        }
         let internal = net.spec.as_ref().is_some_and(|s| s.internal);
         let (br, subnet) = (bridge.clone(), net.subnet.clone());
+        let subnet_v6 = v6.then(|| net.subnet_v6.clone());
         tokio::task::spawn_blocking(move || {
             firewall::ensure_base()?;
-            firewall::add_network(&br, &subnet, internal)?;
+            if subnet_v6.is_some() {
+                firewall::enable_ipv6_forward()?;
+            }
+            firewall::add_network_dual(&br, &subnet, subnet_v6.as_deref(), internal)?;
             // Published ports reached from 127.0.0.1 are routed out here.
             nat::enable_route_localnet(&br)
         })
@@ -201,25 +224,47 @@ async fn attach_networks(
         // Only the first network carries the default route.
         let gateway = if i == 0 { net.gateway.as_str() } else { "" };
         ctx.netlink
-            .attach(&bridge, &host_if, netns_path, addr, gateway, &mac)
+            .attach_as(
+                &bridge,
+                &host_if,
+                netns_path,
+                &format!("eth{i}"),
+                addr,
+                gateway,
+                &mac,
+            )
             .await
             .map_err(|e| format!("attaching to network {}: {e}", net.id))?;
+        if let Some(addr6) = att.addresses.iter().find(|a| a.contains(':')) {
+            let gateway6 = if i == 0 { net.gateway_v6.as_str() } else { "" };
+            ctx.netlink
+                .attach_v6(netns_path, &format!("eth{i}"), addr6, gateway6)
+                .await
+                .map_err(|e| format!("IPv6 address on network {}: {e}", net.id))?;
+        }
     }
     Ok(())
 }
 
 /// Removes the task's veths and network namespace (safe to repeat).
 pub async fn teardown_task(ctx: &OpContext, task_id: &str) {
+    teardown_netns(ctx, &short(task_id)).await;
+}
+
+/// Removes the namespace called `name` (a task's short id) and its veths.
+pub async fn teardown_netns(ctx: &OpContext, name: &str) {
     // Removing one end of a veth removes both; the namespace would take
     // them along too, but only once nothing holds it.
     for i in 0..MAX_ATTACHMENTS {
-        let _ = ctx.netlink.delete_link(&host_ifname(task_id, i)).await;
+        if let Some(ifname) = host_ifname_of(name, i) {
+            let _ = ctx.netlink.delete_link(&ifname).await;
+        }
     }
     let dir = ctx.netns_dir();
-    let name = short(task_id);
-    let r = tokio::task::spawn_blocking(move || netns::remove(&dir, &name)).await;
+    let n = name.to_string();
+    let r = tokio::task::spawn_blocking(move || netns::remove(&dir, &n)).await;
     if let Ok(Err(e)) = r {
-        tracing::warn!(task = %task_id, "removing network namespace: {e}");
+        tracing::warn!(netns = %name, "removing network namespace: {e}");
     }
 }
 
@@ -244,8 +289,19 @@ fn host_ifname(task_id: &str, i: usize) -> String {
     format!("vf{}{}", &short(task_id)[..10], i)
 }
 
+/// [`host_ifname`] from the namespace name (the task's short id).
+fn host_ifname_of(netns_name: &str, i: usize) -> Option<String> {
+    Some(format!("vf{}{}", netns_name.get(..10)?, i))
+}
+
 /// Writes the files the container sees as /etc/hosts, /etc/hostname and
 /// /etc/resolv.conf, and returns the bind mounts for them.
+///
+/// A container in a namespace the agent serves DNS in (bridge mode, or
+/// sharing another container's) asks the embedded server at 127.0.0.11
+/// for every name, so its /etc/hosts has only itself and `extra_hosts`
+/// (peers listed there would shadow the VIP and go stale on a scale). In
+/// `host` and `none` mode it gets the host's resolvers.
 pub fn write_task_files(
     dir: &Path,
     task: &pb::Task,
@@ -254,16 +310,23 @@ pub fn write_task_files(
     spec: &pb::ServiceSpec,
 ) -> std::io::Result<Vec<BindMount>> {
     std::fs::create_dir_all(dir)?;
+    let embedded_dns = !matches!(
+        NetMode::parse(&spec.network_mode),
+        Ok(NetMode::Host | NetMode::None)
+    );
     let hosts = dir.join("hosts");
-    std::fs::write(&hosts, process::hosts_file(task, services))?;
+    let peers = if embedded_dns { &[][..] } else { services };
+    std::fs::write(&hosts, process::hosts_file(task, peers))?;
     let hostname_file = dir.join("hostname");
     std::fs::write(&hostname_file, format!("{hostname}\n"))?;
     let resolv = dir.join("resolv.conf");
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(
-        &resolv,
-        process::resolv_conf(&host_resolv, &spec.dns, &spec.dns_search),
-    )?;
+    let conf = if embedded_dns {
+        crate::dns::container_resolv_conf(&host_resolv, &spec.dns_search, &spec.dns_opt)
+    } else {
+        process::resolv_conf(&host_resolv, &spec.dns, &spec.dns_search, &spec.dns_opt)
+    };
+    std::fs::write(&resolv, conf)?;
     Ok(vec![
         BindMount {
             source: hosts,

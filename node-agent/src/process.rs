@@ -208,9 +208,11 @@ pub fn strip_prefix_len(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
 
-/// resolv.conf for a container: the host's, minus loopback name servers a
-/// container cannot reach (Docker's rule); empty when nothing is left.
-pub fn resolv_conf(host: &str, dns: &[String], search: &[String]) -> String {
+/// resolv.conf for a container that does not use the embedded DNS server
+/// (`host`, `none`): the host's, minus loopback name servers a container
+/// cannot reach (Docker's rule), with the service's `dns`, `dns_search`
+/// and `dns_opt` replacing the host's lines of the same kind.
+pub fn resolv_conf(host: &str, dns: &[String], search: &[String], opts: &[String]) -> String {
     let mut out = String::new();
     if !search.is_empty() {
         out.push_str(&format!("search {}\n", search.join(" ")));
@@ -226,12 +228,18 @@ pub fn resolv_conf(host: &str, dns: &[String], search: &[String]) -> String {
                 continue;
             }
             out.push_str(&format!("nameserver {ns}\n"));
-        } else if (t.starts_with("search") && !search.is_empty()) || t.starts_with('#') {
+        } else if (t.starts_with("search") && !search.is_empty())
+            || (t.starts_with("options") && !opts.is_empty())
+            || t.starts_with('#')
+        {
             continue;
         } else if !t.is_empty() {
             out.push_str(t);
             out.push('\n');
         }
+    }
+    if !opts.is_empty() {
+        out.push_str(&format!("options {}\n", opts.join(" ")));
     }
     out
 }
@@ -386,12 +394,17 @@ mod tests {
     fn resolv_conf_drops_loopback_servers() {
         let host = "# comment\nnameserver 127.0.0.53\nnameserver 192.0.2.1\noptions edns0\n";
         assert_eq!(
-            resolv_conf(host, &[], &[]),
+            resolv_conf(host, &[], &[], &[]),
             "nameserver 192.0.2.1\noptions edns0\n"
         );
         assert_eq!(
-            resolv_conf(host, &["198.51.100.1".into()], &["example".into()]),
+            resolv_conf(host, &["198.51.100.1".into()], &["example".into()], &[]),
             "search example\nnameserver 198.51.100.1\noptions edns0\n"
+        );
+        // dns_opt replaces the host's options.
+        assert_eq!(
+            resolv_conf(host, &[], &[], &["ndots:2".into(), "timeout:1".into()]),
+            "nameserver 192.0.2.1\noptions ndots:2 timeout:1\n"
         );
     }
 }

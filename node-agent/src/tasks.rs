@@ -6,6 +6,7 @@
 //! These are the operations the executor runs; they decide nothing about
 //! *whether* a task should run.
 
+use crate::dns::{self, DnsServer};
 use crate::executor::{AgentConfig, LABEL_SERVICE, LABEL_STACK, LABEL_TASK};
 use crate::network;
 use crate::process::{self, container_id};
@@ -27,6 +28,7 @@ pub struct OpContext {
     pub runtime: Arc<Runtime>,
     pub images: Arc<ImageStore>,
     pub netlink: Arc<Netlink>,
+    pub dns: DnsServer,
 }
 
 impl OpContext {
@@ -114,11 +116,16 @@ pub async fn start_task(
     // Network endpoint: a netns with one veth per attached network, or
     // (network_mode) the host's, a bare one, or another container's.
     let netns_path = if net_mode.is_bridge() {
-        Some(
-            network::setup_task(ctx, task, networks)
-                .await
-                .map_err(StartError::Failed)?,
-        )
+        let upstream = dns_upstream(&spec).map_err(StartError::Rejected)?;
+        let path = network::setup_task(ctx, task, networks)
+            .await
+            .map_err(StartError::Failed)?;
+        // The names are served before the container's first lookup.
+        if let Err(e) = ctx.dns.attach(&task.id, &path, upstream).await {
+            network::teardown_task(ctx, &task.id).await;
+            return Err(StartError::Failed(e.to_string()));
+        }
+        Some(path)
     } else {
         let (rt, t) = (ctx.runtime.clone(), task.clone());
         tokio::task::spawn_blocking(move || network::shared_netns(&rt, &t, &net_mode))
@@ -175,8 +182,39 @@ pub async fn start_task(
     }
 }
 
+/// The service's own `dns:` servers (`IP` or `IP:PORT`), which replace the
+/// daemon's upstream for its containers.
+pub fn dns_upstream(spec: &pb::ServiceSpec) -> Result<Vec<std::net::SocketAddr>, String> {
+    spec.dns
+        .iter()
+        .map(|s| dns::parse_upstream(s).map_err(|e| format!("service {}: dns: {e}", spec.name)))
+        .collect()
+}
+
+/// Serves DNS again in a re-adopted task's netns (a restarted agent's
+/// sockets are new). Only bridge-mode tasks have a netns of their own.
+pub async fn attach_dns(ctx: &OpContext, task: &pb::Task) {
+    let spec = task.spec.clone().unwrap_or_default();
+    let bridge = network::NetMode::parse(&spec.network_mode).is_ok_and(|m| m.is_bridge());
+    if !bridge {
+        return;
+    }
+    let path = ctx.netns_dir().join(short(&task.id));
+    let upstream = match dns_upstream(&spec) {
+        Ok(u) => u,
+        Err(msg) => {
+            tracing::warn!(task = %task.id, "{msg}");
+            Vec::new()
+        }
+    };
+    if let Err(e) = ctx.dns.attach(&task.id, &path, upstream).await {
+        tracing::warn!(task = %task.id, "re-attaching DNS: {e}");
+    }
+}
+
 /// Removes a task's container, network endpoint and files (safe to repeat).
 pub async fn remove_task(ctx: &OpContext, task_id: &str) {
+    ctx.dns.detach(task_id);
     let rt = ctx.runtime.clone();
     let cid = container_id(task_id);
     let tid = task_id.to_string();

@@ -133,6 +133,8 @@ impl Host {
             ),
             ("FLOTILLA_CGROUP_PARENT".into(), self.cgroup_parent.clone()),
             ("FLOTILLA_ADDRESS_POOL".into(), self.address_pool.clone()),
+            // Hosts of a testbed never ask the real host's resolvers.
+            ("FLOTILLA_DNS_UPSTREAM".into(), "none".into()),
             ("NO_COLOR".into(), "1".into()),
         ]
     }

@@ -191,6 +191,10 @@ fn network_json(n: &pb::Network, tasks: &[pb::Task]) -> Value {
     if !aux.is_empty() {
         config["AuxiliaryAddresses"] = json!(aux);
     }
+    let mut ipam_config = vec![config];
+    if !n.subnet_v6.is_empty() {
+        ipam_config.push(json!({"Subnet": n.subnet_v6, "Gateway": n.gateway_v6}));
+    }
     let mut containers = serde_json::Map::new();
     for t in tasks {
         if let Some(att) = t.networks.iter().find(|a| a.network_id == n.id) {
@@ -206,8 +210,8 @@ fn network_json(n: &pb::Network, tasks: &[pb::Task]) -> Value {
                     "Name": t.name,
                     "EndpointID": "",
                     "MacAddress": att.mac_address,
-                    "IPv4Address": att.addresses.first().cloned().unwrap_or_default(),
-                    "IPv6Address": "",
+                    "IPv4Address": att.addresses.iter().find(|a| !a.contains(':')).cloned().unwrap_or_default(),
+                    "IPv6Address": att.addresses.iter().find(|a| a.contains(':')).cloned().unwrap_or_default(),
                 }),
             );
         }
@@ -225,7 +229,7 @@ fn network_json(n: &pb::Network, tasks: &[pb::Task]) -> Value {
         "Driver": driver(n),
         "EnableIPv4": true,
         "EnableIPv6": spec.enable_ipv6,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+        "IPAM": {"Driver": "default", "Options": {}, "Config": ipam_config},
         "Internal": spec.internal,
         "Attachable": spec.attachable,
         "Ingress": false,

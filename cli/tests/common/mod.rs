@@ -44,7 +44,11 @@ pub struct Daemon {
     pub host: String,
     pub cgroup_parent: String,
     pub pool: String,
+    /// The server's `FLOTILLA_DNS_UPSTREAM`: `none` unless a test runs a
+    /// resolver of its own (tests never ask the host's resolvers).
+    pub dns_upstream: String,
     child: Option<Child>,
+    started_once: bool,
 }
 
 impl Daemon {
@@ -71,14 +75,21 @@ impl Daemon {
             root,
             state_dir,
             run_dir,
+            dns_upstream: "none".into(),
             child: None,
+            started_once: false,
         }
     }
 
     /// Starts `flotilla server` in the background and waits for its socket.
     pub fn start(&mut self) {
-        // A killed earlier run may have left bridges in this pool.
-        sweep_bridges(&self.pool);
+        // A killed earlier run may have left bridges in this pool. Only
+        // before the first start: after a restart, what the daemon left is
+        // the daemon's own to clean up (and tests check that it does).
+        if !self.started_once {
+            sweep_bridges(&self.pool);
+            self.started_once = true;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -87,6 +98,7 @@ impl Daemon {
         let mut cmd = Command::new(flotilla_bin());
         cmd.arg("server")
             .envs(self.env())
+            .env("FLOTILLA_DNS_UPSTREAM", &self.dns_upstream)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

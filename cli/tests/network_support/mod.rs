@@ -156,3 +156,150 @@ impl Drop for NsServer {
         }
     }
 }
+
+/// Asks the embedded DNS server of the container whose pid is `pid`
+/// (127.0.0.11:53 inside its network namespace) for `name`, as the
+/// container's own resolver would: the response code and the addresses
+/// (A and AAAA) of the answer. Retries a lost datagram twice.
+pub fn dns_query(
+    pid: i64,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> (hickory_proto::op::ResponseCode, Vec<std::net::IpAddr>) {
+    try_dns_query(pid, name, qtype).unwrap_or_else(|| {
+        panic!("no DNS answer for {name} from 127.0.0.11 in the netns of pid {pid}")
+    })
+}
+
+/// [`dns_query`], `None` when no answer came.
+pub fn try_dns_query(
+    pid: i64,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> Option<(hickory_proto::op::ResponseCode, Vec<std::net::IpAddr>)> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData};
+    use std::str::FromStr;
+    let file = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    let name = name.to_string();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            let id = (std::process::id() & 0xffff) as u16;
+            let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+            m.metadata.recursion_desired = true;
+            m.queries
+                .push(Query::query(Name::from_str(&name).unwrap(), qtype));
+            let raw = m.to_vec().unwrap();
+            let mut buf = [0u8; 4096];
+            for _ in 0..3 {
+                sock.send_to(&raw, "127.0.0.11:53").unwrap();
+                let Ok(n) = sock.recv(&mut buf) else {
+                    continue;
+                };
+                let reply = Message::from_vec(&buf[..n]).unwrap();
+                let ips = reply
+                    .answers
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect();
+                return Some((reply.metadata.response_code, ips));
+            }
+            None
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A resolver the test runs on the host's loopback, standing in for the
+/// host's upstream servers: answers every A question with `answer` and
+/// counts the questions. Stops when dropped.
+pub struct FakeUpstream {
+    pub addr: std::net::SocketAddr,
+    pub asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeUpstream {
+    pub fn start(answer: Ipv4Addr) -> FakeUpstream {
+        use hickory_proto::op::{Message, OpCode};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record};
+        use std::sync::atomic::Ordering;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a2, s2) = (asked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !s2.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(query) = q.queries.first() else {
+                    continue;
+                };
+                a2.lock().unwrap().push(query.name().to_string());
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                r.metadata.recursion_desired = q.metadata.recursion_desired;
+                r.queries = q.queries.clone();
+                r.answers.push(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(answer)),
+                ));
+                let _ = sock.send_to(&r.to_vec().unwrap(), peer);
+            }
+        });
+        FakeUpstream { addr, asked, stop }
+    }
+
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The VIP whose DNAT map in the namespace of `pid` has `n` backends.
+pub fn vip_with_backends(pid: i64, n: usize) -> Option<String> {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "flotilla-vip",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("ip daddr ")?;
+        let (vip, tail) = rest.split_once(' ')?;
+        tail.contains(&format!("mod {n} map"))
+            .then(|| vip.to_string())
+    })
+}

@@ -42,6 +42,7 @@ helpers:
   echo ARGS...          print ARGS
   env                   print the environment
   hostname              print /proc/sys/kernel/hostname
+  lookup NAME           print the address NAME resolves to (hosts, then DNS)
   pid                   print the process id
   exit N                exit with status N
   cat FILE...           print files
@@ -157,6 +158,10 @@ fn run(role: &str, args: &[String]) -> Result<ExitCode, Error> {
         }
         "hostname" => {
             println!("{}", hostname()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        "lookup" => {
+            println!("{}", resolve::resolve_host(arg(args, 0, "NAME")?)?);
             Ok(ExitCode::SUCCESS)
         }
         "pid" => {

@@ -338,6 +338,12 @@ pub fn plan_deploy(
         let (subnet, gateway) =
             ipam::allocate_subnet(pool, &id, Some(nspec), &used).map_err(ipam_err)?;
         used.push((format!("network {id}"), subnet));
+        let (subnet_v6, gateway_v6) = if nspec.enable_ipv6 {
+            let (s6, g6) = ipam::allocate_subnet_v6(&id, Some(nspec)).map_err(ipam_err)?;
+            (s6.to_string(), g6.to_string())
+        } else {
+            (String::new(), String::new())
+        };
         let net = Network {
             id: id.clone(),
             meta: new_meta(now),
@@ -347,10 +353,10 @@ pub fn plan_deploy(
             gateway: gateway.to_string(),
             vni: 0,
             bridge: ipam::bridge_name(&id),
-            subnet_v6: String::new(),
-            gateway_v6: String::new(),
+            subnet_v6,
+            gateway_v6,
         };
-        tracing::info!(network = %id, subnet = %net.subnet, "network allocated");
+        tracing::info!(network = %id, subnet = %net.subnet, subnet_v6 = %net.subnet_v6, "network allocated");
         book.add_network(&net);
         actions.push(put(store_action::Object::Network(net), 0));
     }

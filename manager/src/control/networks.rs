@@ -112,7 +112,11 @@ pub fn plan_create(
     }
     let used = ipam::used_subnets(view);
     let (subnet, gateway) = ipam::allocate_subnet(pool, &name, Some(&spec), &used)?;
-    for p in spec.ipam.iter().filter(|p| !p.ip_range.is_empty()) {
+    for p in spec
+        .ipam
+        .iter()
+        .filter(|p| !p.ip_range.is_empty() && !p.ip_range.contains(':'))
+    {
         let ok = p
             .ip_range
             .parse::<Ipv4Net>()
@@ -125,6 +129,12 @@ pub fn plan_create(
             });
         }
     }
+    let (subnet_v6, gateway_v6) = if spec.enable_ipv6 {
+        let (s6, g6) = ipam::allocate_subnet_v6(&name, Some(&spec))?;
+        (s6.to_string(), g6.to_string())
+    } else {
+        (String::new(), String::new())
+    };
     Ok(pb::Network {
         id: name.clone(),
         meta: Some(pb::Meta {
@@ -139,8 +149,8 @@ pub fn plan_create(
         gateway: gateway.to_string(),
         vni: 0,
         bridge: ipam::bridge_name(&name),
-        subnet_v6: String::new(),
-        gateway_v6: String::new(),
+        subnet_v6,
+        gateway_v6,
     })
 }
 

@@ -338,7 +338,7 @@ impl ControlApi {
                         message: "created".to_string(),
                         ..Default::default()
                     }),
-                    networks: ipam::slot_attachments(&svc_new, slot, &atts),
+                    networks: ipam::with_v6(ipam::slot_attachments(&svc_new, slot, &atts), s),
                     restart_count: 0,
                     restart_not_before: None,
                     pending_reason: String::new(),

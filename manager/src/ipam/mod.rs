@@ -24,10 +24,10 @@ use flotilla_proto::v1::{
     EndpointAddress, Network, NetworkAttachment, NetworkSpec, Service, ServiceSpec, SlotAddress,
     StackSpec,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 /// The pool stack networks get their subnets from when the spec names none.
@@ -224,7 +224,12 @@ pub fn allocate_subnet(
     spec: Option<&NetworkSpec>,
     used: &[(String, Ipv4Net)],
 ) -> Result<(Ipv4Net, Ipv4Addr), IpamError> {
-    let requested = spec.and_then(|s| s.ipam.iter().find(|p| !p.subnet.is_empty()));
+    // An IPv6 pool of the same `ipam` list is allocate_subnet_v6's.
+    let requested = spec.and_then(|s| {
+        s.ipam
+            .iter()
+            .find(|p| !p.subnet.is_empty() && !p.subnet.contains(':'))
+    });
     if let Some(p) = requested {
         let subnet = p
             .subnet
@@ -598,6 +603,88 @@ pub fn slot_attachments(
             })
         })
         .collect()
+}
+
+/// Chooses the IPv6 subnet and gateway of a network with `enable_ipv6`:
+/// the spec's IPv6 `ipam` subnet (at most a /96, so that every IPv4 host
+/// number fits in its host part), else a unique-local /64 derived from the
+/// SHA-256 of the network id (RFC 4193's fd00::/8 with a hashed global and
+/// subnet id), so every node and every restart computes the same one.
+pub fn allocate_subnet_v6(
+    network_id: &str,
+    spec: Option<&NetworkSpec>,
+) -> Result<(Ipv6Net, Ipv6Addr), IpamError> {
+    let requested = spec.and_then(|s| s.ipam.iter().find(|p| p.subnet.contains(':')));
+    let subnet = match requested {
+        Some(p) => {
+            let net = p
+                .subnet
+                .parse::<Ipv6Net>()
+                .map_err(|_| IpamError::BadSubnet {
+                    network: network_id.to_string(),
+                    subnet: p.subnet.clone(),
+                })?
+                .trunc();
+            if net.prefix_len() > 96 {
+                return Err(IpamError::BadSubnet {
+                    network: network_id.to_string(),
+                    subnet: format!("{} (an IPv6 subnet must be a /96 or larger)", p.subnet),
+                });
+            }
+            net
+        }
+        None => {
+            let digest = Sha256::digest(format!("ipv6:{network_id}").as_bytes());
+            let mut octets = [0u8; 16];
+            octets[0] = 0xfd;
+            octets[1..8].copy_from_slice(&digest[..7]);
+            Ipv6Net::new(Ipv6Addr::from(octets), 64)
+                .map_err(|_| IpamError::BadSubnet {
+                    network: network_id.to_string(),
+                    subnet: "derived /64".to_string(),
+                })?
+                .trunc()
+        }
+    };
+    let gateway = Ipv6Addr::from(u128::from(subnet.network()) | 1);
+    Ok((subnet, gateway))
+}
+
+/// The IPv6 address a holder of IPv4 address `v4` has on a network with
+/// IPv6 subnet `subnet_v6`: the subnet's prefix with the IPv4 address as
+/// its last 32 bits. Stable because the IPv4 address is, and unique
+/// because it is (the gateway, `.1`, maps to `::<a.b.c.1>`, not `::1`).
+pub fn v6_address(subnet_v6: &str, v4_cidr: &str) -> Option<String> {
+    let net: Ipv6Net = subnet_v6.parse().ok()?;
+    let v4 = parse_cidr_addr(v4_cidr)?;
+    let a = Ipv6Addr::from(u128::from(net.network()) | u128::from(u32::from(v4)));
+    Some(format!("{a}/{}", net.prefix_len()))
+}
+
+/// Adds each attachment's IPv6 address (after its IPv4 one) on networks
+/// that have an IPv6 subnet.
+pub fn with_v6(
+    mut attachments: Vec<NetworkAttachment>,
+    view: &impl StoreView,
+) -> Vec<NetworkAttachment> {
+    for att in &mut attachments {
+        let Some(net) = view.get_network(&att.network_id) else {
+            continue;
+        };
+        if net.subnet_v6.is_empty() {
+            continue;
+        }
+        let v6 = att
+            .addresses
+            .first()
+            .and_then(|v4| v6_address(&net.subnet_v6, v4));
+        if let Some(v6) = v6 {
+            if !att.addresses.contains(&v6) {
+                att.addresses.push(v6);
+            }
+        }
+    }
+    attachments
 }
 
 #[cfg(test)]

@@ -311,3 +311,51 @@ fn ip_range_limits_dynamic_addresses_and_aux_addresses_are_reserved() {
     // A pin outside the range but inside the subnet is still fine.
     assert!(book.reserve_pin("shared", "s_x", 1, "172.30.5.9").is_ok());
 }
+
+#[test]
+fn ipv6_subnets_and_addresses() {
+    let spec = |subnets: &[&str]| NetworkSpec {
+        enable_ipv6: true,
+        ipam: subnets
+            .iter()
+            .map(|s| IpamPool {
+                subnet: s.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    // Derived: a ULA /64, the same every time for the same network, another
+    // for another network.
+    let (a, ga) = allocate_subnet_v6("s_default", Some(&spec(&[]))).unwrap();
+    let (a2, _) = allocate_subnet_v6("s_default", Some(&spec(&[]))).unwrap();
+    let (b, _) = allocate_subnet_v6("s_back", Some(&spec(&[]))).unwrap();
+    assert_eq!(a, a2);
+    assert_ne!(a, b);
+    assert_eq!(a.prefix_len(), 64);
+    assert_eq!(a.network().octets()[0], 0xfd);
+    assert_eq!(u128::from(ga), u128::from(a.network()) | 1);
+    // Given: the IPv6 pool of the list; the IPv4 one stays allocate_subnet's.
+    let given = spec(&["172.30.0.0/24", "fd00:1:2::/80"]);
+    let (c, gc) = allocate_subnet_v6("s_x", Some(&given)).unwrap();
+    assert_eq!(c.to_string(), "fd00:1:2::/80");
+    assert_eq!(gc.to_string(), "fd00:1:2::1");
+    let pool = parse_pool(DEFAULT_POOL).unwrap();
+    let (v4, _) = allocate_subnet(pool, "s_x", Some(&given), &[]).unwrap();
+    assert_eq!(v4.to_string(), "172.30.0.0/24");
+    // Too small to hold an IPv4 host number, or not IPv6 at all.
+    assert!(matches!(
+        allocate_subnet_v6("s_x", Some(&spec(&["fd00::/112"]))),
+        Err(IpamError::BadSubnet { .. })
+    ));
+    assert!(matches!(
+        allocate_subnet_v6("s_x", Some(&spec(&["fd00::zz/64"]))),
+        Err(IpamError::BadSubnet { .. })
+    ));
+    // A holder's IPv6 address carries its IPv4 address: stable with it.
+    assert_eq!(
+        v6_address("fd00:1:2::/80", "172.30.0.7/24").as_deref(),
+        Some("fd00:1:2::ac1e:7/80")
+    );
+    assert_eq!(v6_address("fd00:1:2::/80", "bogus"), None);
+}

@@ -864,7 +864,7 @@ fn reconcile_slot<V: StoreView>(
             message: "created".to_string(),
             ..Default::default()
         }),
-        networks: ipam::slot_attachments(svc_new, slot, atts),
+        networks: ipam::with_v6(ipam::slot_attachments(svc_new, slot, atts), ctx.view),
         restart_count,
         restart_not_before: None,
         pending_reason: String::new(),

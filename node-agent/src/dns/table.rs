@@ -131,12 +131,11 @@ impl DnsTable {
             if dnsrr {
                 for t in &running {
                     for a in &t.networks {
-                        if let Some(ip) = a.addresses.iter().find_map(|c| addr_of(c)) {
-                            service_addrs
-                                .entry(a.network_id.clone())
-                                .or_default()
-                                .push(ip);
-                        }
+                        // IPv4 and, on enable_ipv6 networks, IPv6 (AAAA).
+                        service_addrs
+                            .entry(a.network_id.clone())
+                            .or_default()
+                            .extend(a.addresses.iter().filter_map(|c| addr_of(c)));
                     }
                 }
                 // Networks the service is on but no task runs: the name
@@ -167,9 +166,11 @@ impl DnsTable {
             // tasks.SERVICE, N.SERVICE, task names, container_name.
             for t in &running {
                 for a in &t.networks {
-                    let Some(ip) = a.addresses.iter().find_map(|c| addr_of(c)) else {
+                    let ips: Vec<IpAddr> = a.addresses.iter().filter_map(|c| addr_of(c)).collect();
+                    if ips.is_empty() {
                         continue;
-                    };
+                    }
+                    let ips = &ips[..];
                     let net = &a.network_id;
                     let mut names = vec![format!("tasks.{}", spec.name)];
                     if t.slot > 0 {
@@ -177,11 +178,11 @@ impl DnsTable {
                     }
                     for n in names {
                         for q in qualify(&n) {
-                            table.add(net, &q, &[ip]);
+                            table.add(net, &q, ips);
                         }
                     }
                     if !t.name.is_empty() {
-                        table.add(net, &t.name, &[ip]);
+                        table.add(net, &t.name, ips);
                     }
                     let cname = t
                         .spec
@@ -189,7 +190,7 @@ impl DnsTable {
                         .map(|s| s.container_name.as_str())
                         .unwrap_or(&spec.container_name);
                     if !cname.is_empty() {
-                        table.add(net, cname, &[ip]);
+                        table.add(net, cname, ips);
                     }
                 }
             }

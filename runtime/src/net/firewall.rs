@@ -78,8 +78,32 @@ pub fn ensure_base() -> Result<(), NetError> {
 /// `subnet` is the network's IPv4 CIDR; `internal` networks get no NAT and
 /// no traffic to or from other interfaces.
 pub fn add_network(bridge: &str, subnet: &str, internal: bool) -> Result<(), NetError> {
+    add_network_dual(bridge, subnet, None, internal)
+}
+
+/// [`add_network`] for a network that also has the IPv6 subnet
+/// `subnet_v6`: the filter rules (inet family, by interface) cover both,
+/// and a non-internal network's IPv6 traffic is masqueraded too.
+pub fn add_network_dual(
+    bridge: &str,
+    subnet: &str,
+    subnet_v6: Option<&str>,
+    internal: bool,
+) -> Result<(), NetError> {
     check_ifname(bridge)?;
     let (net, len) = network_v4(subnet)?;
+    let net6 = match subnet_v6 {
+        Some(s) => {
+            let (a, l) = super::parse_cidr_v6(s)?;
+            let mask = if l == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(l))
+            };
+            Some((std::net::Ipv6Addr::from(u128::from(a) & mask), l))
+        }
+        None => None,
+    };
     let _guard = lock();
     let ruleset = Ruleset::read()?;
     let t = tag(bridge);
@@ -128,6 +152,13 @@ pub fn add_network(bridge: &str, subnet: &str, internal: bool) -> Result<(), Net
             "postrouting",
             format!("ip saddr {net}/{len} oifname != \"{b}\" masquerade"),
         );
+        if let Some((net6, len6)) = net6 {
+            add(
+                &mut script,
+                "postrouting",
+                format!("ip6 saddr {net6}/{len6} oifname != \"{b}\" masquerade"),
+            );
+        }
     }
     for (family, chain) in ruleset.docker_targets() {
         // `insert` puts them first, ahead of Docker's own drops; iifname
@@ -207,6 +238,33 @@ pub fn teardown() -> Result<(), NetError> {
 pub fn enable_ip_forward() -> Result<(), NetError> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     std::fs::write(path, "1\n").map_err(|e| NetError::io("enabling IPv4 forwarding in", path, e))
+}
+
+/// Turns on IPv6 forwarding for networks with `enable_ipv6`. Forwarding
+/// makes the kernel ignore router advertisements on interfaces with
+/// `accept_ra = 1`, which would cost a host that configures itself by RA
+/// its IPv6 default route: those interfaces are set to 2 (accept even when
+/// forwarding) first.
+pub fn enable_ipv6_forward() -> Result<(), NetError> {
+    let all = "/proc/sys/net/ipv6/conf/all/forwarding";
+    if std::fs::read_to_string(all).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv6/conf") {
+        for entry in dir.flatten() {
+            let ra = entry.path().join("accept_ra");
+            if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+                let _ = std::fs::write(&ra, "2\n");
+            }
+        }
+    }
+    std::fs::write(all, "1\n").map_err(|e| NetError::io("enabling IPv6 forwarding in", all, e))
+}
+
+/// Whether the host has IPv6 (the stack is compiled in and not disabled).
+pub fn ipv6_available() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "0")
 }
 
 /// Whether bridged IPv4 traffic passes through the ip/inet forward hooks

@@ -12,14 +12,14 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::{check_ifname, netns, parse_cidr_v4, parse_mac, NetError};
+use super::{check_ifname, netns, parse_cidr_v4, parse_cidr_v6, parse_mac, NetError};
 
 /// Name the container side of every veth gets inside its namespace.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -251,14 +251,45 @@ impl Netlink {
         gateway: &str,
         mac: &str,
     ) -> Result<(), NetError> {
+        self.attach_as(
+            bridge,
+            host_if,
+            netns_path,
+            CONTAINER_IFNAME,
+            addr_cidr,
+            gateway,
+            mac,
+        )
+        .await
+    }
+
+    /// As [`Netlink::attach`], naming the container's end `ifname` (a
+    /// container's n-th network is `eth<n>`, as Docker names them); an
+    /// empty `gateway` adds no default route (only the first network of a
+    /// container carries it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach_as(
+        &self,
+        bridge: &str,
+        host_if: &str,
+        netns_path: &Path,
+        ifname: &str,
+        addr_cidr: &str,
+        gateway: &str,
+        mac: &str,
+    ) -> Result<(), NetError> {
         check_ifname(bridge)?;
         check_ifname(host_if)?;
+        check_ifname(ifname)?;
         let (addr, prefix) = parse_cidr_v4(addr_cidr)?;
-        let gateway: Ipv4Addr = gateway.parse().map_err(|_| NetError::Invalid {
-            what: "gateway address",
-            value: gateway.to_string(),
-            reason: "not an IPv4 address".to_string(),
-        })?;
+        let gateway: Option<Ipv4Addr> = match gateway {
+            "" => None,
+            g => Some(g.parse().map_err(|_| NetError::Invalid {
+                what: "gateway address",
+                value: g.to_string(),
+                reason: "not an IPv4 address".to_string(),
+            })?),
+        };
         let mac = parse_mac(mac)?;
         let bridge_link = self
             .link_by_name(bridge)
@@ -281,10 +312,10 @@ impl Netlink {
         }
 
         self.delete_link(host_if).await?;
-        let mut peer = LinkUnspec::new_with_name(CONTAINER_IFNAME)
+        let mut peer = LinkUnspec::new_with_name(ifname)
             .address(mac.to_vec())
             .setns_by_fd(ns.as_raw_fd());
-        let mut veth = LinkVeth::new(host_if, CONTAINER_IFNAME);
+        let mut veth = LinkVeth::new(host_if, ifname);
         if let Some(mtu) = mtu {
             peer = peer.mtu(mtu);
             veth = veth.mtu(mtu);
@@ -295,10 +326,7 @@ impl Netlink {
         self.handle.link().add(msg).execute().await.map_err(|e| {
             NetError::netlink(
                 "creating veth pair",
-                format!(
-                    "{host_if} <-> {CONTAINER_IFNAME} in {}",
-                    netns_path.display()
-                ),
+                format!("{host_if} <-> {ifname} in {}", netns_path.display()),
                 e,
             )
         })?;
@@ -310,6 +338,7 @@ impl Netlink {
                 bridge,
                 host_if,
                 netns_path,
+                ifname,
                 addr,
                 prefix,
                 gateway,
@@ -328,9 +357,10 @@ impl Netlink {
         bridge: &str,
         host_if: &str,
         netns_path: &Path,
+        ifname: &str,
         addr: Ipv4Addr,
         prefix: u8,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
     ) -> Result<(), NetError> {
         let host_index = self.index_of(host_if).await?;
         self.handle
@@ -352,10 +382,12 @@ impl Netlink {
             })?;
 
         let path: PathBuf = netns_path.to_path_buf();
+        let ifname = ifname.to_string();
         let inner = tokio::task::spawn_blocking(move || {
             netns::run_in(&path, || {
                 blocking_in_current_netns(&path, |nl| async move {
-                    nl.configure_container_if(addr, prefix, gateway).await
+                    nl.configure_container_if(&ifname, addr, prefix, gateway)
+                        .await
                 })
             })
         })
@@ -368,12 +400,13 @@ impl Netlink {
 
     async fn configure_container_if(
         &self,
+        ifname: &str,
         addr: Ipv4Addr,
         prefix: u8,
-        gateway: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
     ) -> Result<(), NetError> {
-        let index = self.index_of(CONTAINER_IFNAME).await?;
-        let target = format!("{CONTAINER_IFNAME} {addr}/{prefix}");
+        let index = self.index_of(ifname).await?;
+        let target = format!("{ifname} {addr}/{prefix}");
         self.handle
             .address()
             .add(index, IpAddr::V4(addr), prefix)
@@ -387,6 +420,9 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetError::netlink("setting container interface up", &target, e))?;
+        let Some(gateway) = gateway else {
+            return Ok(());
+        };
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(index)
@@ -404,6 +440,91 @@ impl Netlink {
                     e,
                 )
             })
+    }
+
+    /// Adds the IPv6 address `cidr` (`"fd12::1/64"`) to `ifname` in this
+    /// handle's namespace, without duplicate address detection: addresses
+    /// come from the manager and are unique, and DAD would leave them
+    /// unusable ("tentative") for the first second of a container's life.
+    pub async fn add_address_v6(&self, ifname: &str, cidr: &str) -> Result<(), NetError> {
+        check_ifname(ifname)?;
+        let (addr, prefix) = parse_cidr_v6(cidr)?;
+        let index = self.index_of(ifname).await?;
+        let mut req = self
+            .handle
+            .address()
+            .add(index, IpAddr::V6(addr), prefix)
+            .replace();
+        let msg = req.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
+            .await
+            .map_err(|e| NetError::netlink("adding IPv6 address", format!("{ifname} {cidr}"), e))
+    }
+
+    /// Gives the container's `ifname` (made by [`Netlink::attach_as`]) in
+    /// the namespace at `netns_path` the IPv6 address `cidr` and, when
+    /// `gateway` is not empty, the default IPv6 route through it.
+    pub async fn attach_v6(
+        &self,
+        netns_path: &Path,
+        ifname: &str,
+        cidr: &str,
+        gateway: &str,
+    ) -> Result<(), NetError> {
+        check_ifname(ifname)?;
+        parse_cidr_v6(cidr)?;
+        let gateway: Option<Ipv6Addr> = match gateway {
+            "" => None,
+            g => Some(g.parse().map_err(|_| NetError::Invalid {
+                what: "IPv6 gateway address",
+                value: g.to_string(),
+                reason: "not an IPv6 address".to_string(),
+            })?),
+        };
+        let path: PathBuf = netns_path.to_path_buf();
+        let (ifname, cidr) = (ifname.to_string(), cidr.to_string());
+        let inner = tokio::task::spawn_blocking(move || {
+            netns::run_in(&path, || {
+                // A namespace may start with IPv6 off when the host's
+                // defaults say so; this one asked for it.
+                let _ = std::fs::write(
+                    format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+                    "0\n",
+                );
+                blocking_in_current_netns(&path, |nl| async move {
+                    nl.add_address_v6(&ifname, &cidr).await?;
+                    let Some(gateway) = gateway else {
+                        return Ok(());
+                    };
+                    let index = nl.index_of(&ifname).await?;
+                    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                        .gateway(gateway)
+                        .output_interface(index)
+                        .build();
+                    nl.handle
+                        .route()
+                        .add(route)
+                        .replace()
+                        .execute()
+                        .await
+                        .map_err(|e| {
+                            NetError::netlink(
+                                "adding default IPv6 route in container namespace",
+                                format!("via {gateway}"),
+                                e,
+                            )
+                        })
+                })
+            })
+        })
+        .await
+        .map_err(|_| NetError::ThreadPanicked {
+            target: netns_path.display().to_string(),
+        })?;
+        inner?
     }
 
     /// Destinations routed on this host (IPv4 and IPv6, every table but

@@ -151,6 +151,27 @@ pub fn parse_cidr_v4(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
     Ok((addr, len))
 }
 
+/// Parses `"fd00:1::2/64"` into the address and prefix length (host bits
+/// may be set).
+pub fn parse_cidr_v6(cidr: &str) -> Result<(std::net::Ipv6Addr, u8), NetError> {
+    let bad = |reason: &str| NetError::Invalid {
+        what: "IPv6 CIDR",
+        value: cidr.to_string(),
+        reason: reason.to_string(),
+    };
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| bad("expected ADDRESS/PREFIX"))?;
+    let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| bad("address is not IPv6"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| bad("prefix length is not a number"))?;
+    if len > 128 {
+        return Err(bad("prefix length above 128"));
+    }
+    Ok((addr, len))
+}
+
 /// The network of an IPv4 CIDR with host bits cleared: `10.89.3.7/24` →
 /// `10.89.3.0/24`.
 pub fn network_v4(cidr: &str) -> Result<(Ipv4Addr, u8), NetError> {
