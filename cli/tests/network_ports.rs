@@ -186,3 +186,72 @@ fn port_taken_on_the_host_is_refused_before_start() {
     drop(holder);
     let _ = d.cli_in(&dir, &["down"]);
 }
+
+/// Sends one datagram to `target` and returns the reply's text.
+fn udp_ask(target: SocketAddrV4) -> Option<String> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let mut buf = [0u8; 512];
+    for _ in 0..3 {
+        sock.send_to(b"ping", target).ok()?;
+        if let Ok(n) = sock.recv(&mut buf) {
+            return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    None
+}
+
+#[test]
+fn a_published_udp_port_answers_on_loopback_and_keeps_the_client_source() {
+    require_root!();
+    let mut d = Daemon::new();
+    d.start();
+    d.import_demo_image();
+    let project = format!("nu{}", d.name);
+    let dir = d.root.path().join(&project);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    write_project(
+        &dir,
+        &format!(
+            "services:\n  echo:\n    image: flotilla-demo:test\n    command: [\"udp-echo\", \"7000\"]\n    ports:\n      - \"{port}:7000/udp\"\n"
+        ),
+    );
+    d.ok(&dir, &["up", "-d"]);
+    assert_eq!(
+        d.ok(&dir, &["port", "--protocol", "udp", "echo", "7000"])
+            .trim(),
+        format!("0.0.0.0:{port}")
+    );
+    let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let got = eventually(Duration::from_secs(20), || udp_ask(lo));
+    assert!(
+        got.as_deref().is_some_and(|r| r.starts_with("from ")),
+        "udp 127.0.0.1:{port}: {got:?}\n{}",
+        nft_ruleset()
+    );
+
+    // From a client namespace to the host's address of its link: the
+    // server sees the client's own address.
+    let octet: String = d.pool.split('.').nth(1).unwrap().to_string();
+    let base: Ipv4Addr = format!("10.{octet}.253.0").parse().unwrap();
+    let client = ClientNs::new(&format!("{}u", d.name), base);
+    let target = SocketAddrV4::new(client.host_ip, port);
+    let reply = client.run(|| eventually(Duration::from_secs(10), || udp_ask(target)));
+    assert!(
+        reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with(&format!("from {}:", client.client_ip))),
+        "udp {target} from the client namespace: {reply:?}"
+    );
+    d.ok(&dir, &["down"]);
+    let rule = format!("dport {port} ");
+    let gone = eventually(Duration::from_secs(15), || {
+        (!nft_ruleset().contains(&rule)).then_some(())
+    });
+    assert!(gone.is_some(), "UDP DNAT rule left after down");
+}

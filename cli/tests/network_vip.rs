@@ -109,3 +109,103 @@ fn vip_spreads_connections_over_three_replicas() {
     }
     d.ok(&dir, &["down"]);
 }
+
+/// The client namespace's VIP table as text.
+fn vip_table(pid: i64) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "flotilla-vip",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_unhealthy_replica_leaves_the_vip_and_comes_back_when_healthy() {
+    require_root!();
+    let mut d = Daemon::new();
+    d.start();
+    d.import_demo_image();
+    let project = format!("nh{}", d.name);
+    let dir = d.root.path().join(&project);
+    write_project(
+        &dir,
+        r#"
+services:
+  store:
+    image: flotilla-demo:test
+    command: ["store"]
+    deploy:
+      replicas: 3
+    healthcheck:
+      test: ["CMD", "/demo", "absent", "/tmp/sick"]
+      interval: 1s
+      timeout: 2s
+      retries: 1
+  client:
+    image: flotilla-demo:test
+    command: ["sleep"]
+"#,
+    );
+    d.ok(&dir, &["up", "-d"]);
+    let rows = d.ps(&dir, &project);
+    let client = rows
+        .iter()
+        .find(|r| r["Service"] == "client")
+        .and_then(|r| r["Pid"].as_i64())
+        .unwrap();
+    let sick = rows
+        .iter()
+        .find(|r| r["Name"] == format!("{project}-store-2"))
+        .unwrap()
+        .clone();
+    let sick_ip = sick["IP"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let sick_pid = sick["Pid"].as_i64().unwrap();
+    let vip = eventually(Duration::from_secs(30), || vip_with_backends(client, 3))
+        .expect("VIP with 3 healthy backends");
+    assert!(vip_table(client).contains(&format!("{sick_ip}")));
+
+    // Replica 2 turns unhealthy: it leaves the VIP (still running).
+    std::fs::write(format!("/proc/{sick_pid}/root/tmp/sick"), "").unwrap();
+    let two = eventually(Duration::from_secs(30), || vip_with_backends(client, 2));
+    assert_eq!(two.as_deref(), Some(vip.as_str()), "{}", d.daemon_log());
+    let table = vip_table(client);
+    assert!(
+        !table.contains(&format!("{sick_ip},")) && !table.contains(&format!("{sick_ip} ")),
+        "{table}"
+    );
+    for i in 0..10 {
+        let out = in_container(
+            client,
+            &["/demo", "get", &format!("http://{vip}:6000/health")],
+        );
+        assert!(out.status.success(), "request {i} with replica 2 unhealthy");
+    }
+    let rows = d.ps(&dir, &project);
+    let still = rows.iter().find(|r| r["Name"] == sick["Name"]).unwrap();
+    assert_eq!(
+        still["Pid"].as_i64(),
+        Some(sick_pid),
+        "unhealthy is not restarted here"
+    );
+
+    // Healthy again: back in.
+    std::fs::remove_file(format!("/proc/{sick_pid}/root/tmp/sick")).unwrap();
+    let three = eventually(Duration::from_secs(30), || vip_with_backends(client, 3));
+    assert_eq!(three.as_deref(), Some(vip.as_str()));
+    d.ok(&dir, &["down"]);
+}

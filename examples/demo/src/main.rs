@@ -43,6 +43,8 @@ helpers:
   env                   print the environment
   hostname              print /proc/sys/kernel/hostname
   lookup NAME           print the address NAME resolves to (hosts, then DNS)
+  absent FILE           exit 0 if FILE does not exist, 1 if it does (health checks)
+  udp-echo PORT         answer each UDP datagram on PORT with from ADDR:PORT
   pid                   print the process id
   exit N                exit with status N
   cat FILE...           print files
@@ -159,6 +161,33 @@ fn run(role: &str, args: &[String]) -> Result<ExitCode, Error> {
         "hostname" => {
             println!("{}", hostname()?);
             Ok(ExitCode::SUCCESS)
+        }
+        "absent" => {
+            let path = arg(args, 0, "FILE")?;
+            Ok(if std::path::Path::new(path).exists() {
+                println!("{path} exists");
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        "udp-echo" => {
+            let port = arg(args, 0, "PORT")?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| Error::Usage(format!("udp-echo: bad port {port:?}")))?;
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port))
+                .map_err(|e| Error::io(format!("binding UDP port {port}"), e))?;
+            println!("demo udp-echo: listening on udp/{port}");
+            let mut buf = [0u8; 2048];
+            loop {
+                let (_, peer) = sock
+                    .recv_from(&mut buf)
+                    .map_err(|e| Error::io("receiving a datagram", e))?;
+                // The sender as this server sees it: tests check that a
+                // published port keeps the client's source address.
+                let _ = sock.send_to(format!("from {peer}\n").as_bytes(), peer);
+            }
         }
         "lookup" => {
             println!("{}", resolve::resolve_host(arg(args, 0, "NAME")?)?);

@@ -487,6 +487,23 @@ impl Runtime {
     /// Blocking. Builds the overlay rootfs and OCI bundle, spawns the shim and
     /// returns once the container runs, or with the error it failed with.
     pub fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, ContainerError> {
+        // Docker's rule: a weight the kernel cannot apply (no cfq/bfq
+        // scheduler loaded) is dropped with a warning, not an error.
+        let without_weight;
+        let spec = if spec.resources.blkio_weight.is_some() && !self.cgroups.blkio_weight_offered()
+        {
+            tracing::warn!(container = %spec.id, "this kernel offers no block I/O weight (no cfq or bfq scheduler): blkio weight discarded");
+            without_weight = ContainerSpec {
+                resources: Resources {
+                    blkio_weight: None,
+                    ..spec.resources.clone()
+                },
+                ..spec.clone()
+            };
+            &without_weight
+        } else {
+            spec
+        };
         let id = spec.id.as_str();
         validate_id(id)?;
         let socket = self.socket(id);

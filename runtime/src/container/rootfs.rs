@@ -126,6 +126,21 @@ impl CgroupMounts {
             .collect()
     }
 
+    /// Whether the kernel offers a block I/O weight: cfq's `blkio.weight`
+    /// or bfq's `blkio.bfq.weight` in the v1 blkio hierarchy (present only
+    /// while such a scheduler is loaded), or the `io` controller on a
+    /// unified (v2-only) host.
+    pub fn blkio_weight_offered(&self) -> bool {
+        let v1 = self.v1.iter().find(|(_, c)| c.iter().any(|c| c == "blkio"));
+        match v1 {
+            Some((m, _)) => m.join("blkio.weight").exists() || m.join("blkio.bfq.weight").exists(),
+            None => self.v2.as_ref().is_some_and(|m| {
+                std::fs::read_to_string(m.join("cgroup.controllers"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "io"))
+            }),
+        }
+    }
+
     pub fn oom_files(&self, rel: &str) -> Vec<PathBuf> {
         let rel = rel.trim_start_matches('/');
         self.v1
