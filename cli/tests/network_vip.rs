@@ -177,7 +177,7 @@ services:
     let sick_pid = sick["Pid"].as_i64().unwrap();
     let vip = eventually(Duration::from_secs(30), || vip_with_backends(client, 3))
         .expect("VIP with 3 healthy backends");
-    assert!(vip_table(client).contains(&format!("{sick_ip}")));
+    assert!(vip_table(client).contains(&sick_ip));
 
     // Replica 2 turns unhealthy: it leaves the VIP (still running).
     std::fs::write(format!("/proc/{sick_pid}/root/tmp/sick"), "").unwrap();
