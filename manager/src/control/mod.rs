@@ -258,6 +258,30 @@ impl ControlApi {
                         sv.meta.as_ref().map_or(0, |m| m.version),
                     ));
                 }
+                if req.desired() == ServiceDesired::Stopped {
+                    // One-off (`run`) containers live outside the slots, so
+                    // the service's desired state does not reach them:
+                    // `stop` stops them here, once (a later `run` of a
+                    // stopped service still starts), as Compose does.
+                    for t in s.tasks_in_service(&sv.id) {
+                        let st = t
+                            .status
+                            .as_ref()
+                            .map(|x| x.state())
+                            .unwrap_or(TaskState::New);
+                        if crate::orchestrator::is_oneoff(t)
+                            && !st.is_terminal()
+                            && !matches!(t.desired_state(), TaskState::Shutdown | TaskState::Remove)
+                        {
+                            let mut n = t.clone();
+                            n.desired_state = TaskState::Shutdown as i32;
+                            actions.push(put(
+                                store_action::Object::Task(n),
+                                t.meta.as_ref().map_or(0, |m| m.version),
+                            ));
+                        }
+                    }
+                }
                 if req.restart && req.desired() == ServiceDesired::Running {
                     for t in s.tasks_in_service(&sv.id) {
                         let st = t
