@@ -5,7 +5,9 @@
 //!
 //! `rm` marks ended tasks desired Remove (the agent removes the container,
 //! the orchestrator then deletes the task) and leaves their services desired
-//! Stopped, so nothing brings them back until `up`/`start`. `run` writes one
+//! Stopped, so nothing brings them back until `up`/`start`. When other
+//! replicas of the service still run, the removed slots are recorded in the
+//! service's `removed_slots` instead: they stay empty until the next deploy. `run` writes one
 //! one-off task (see the orchestrator's one-off rules): it never starts
 //! anything itself.
 //!
@@ -87,6 +89,31 @@ fn rm_tasks<'a>(
         .filter(|t| ids.contains(t.service_id.as_str()))
         .filter(|t| req.task_ids.is_empty() || req.task_ids.contains(&t.id))
         .collect())
+}
+
+/// The replica slots of `sv` that an `rm` of `removing` leaves without any
+/// container: every task of the slot is among the removed ones.
+fn removed_slots(s: &Store, sv: &pb::Service, removing: &[&pb::Task]) -> Vec<u32> {
+    let gone: HashSet<&str> = removing
+        .iter()
+        .filter(|t| removable(t))
+        .map(|t| t.id.as_str())
+        .collect();
+    let mut slots: Vec<u32> = removing
+        .iter()
+        .filter(|t| t.service_id == sv.id && !is_oneoff(t) && gone.contains(t.id.as_str()))
+        .map(|t| t.slot)
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let tasks = s.tasks_in_service(&sv.id);
+    slots.retain(|slot| {
+        tasks
+            .iter()
+            .filter(|t| t.slot == *slot && !is_oneoff(t))
+            .all(|t| gone.contains(t.id.as_str()) || t.desired_state() == TaskState::Remove)
+    });
+    slots
 }
 
 impl ControlApi {
@@ -205,6 +232,25 @@ impl ControlApi {
                                 store_action::Object::Service(n),
                                 sv.meta.as_ref().map_or(0, |m| m.version),
                             ));
+                            continue;
+                        }
+                        // Other replicas run: the removed ones' slots stay
+                        // empty until the next deploy (Compose's `rm`).
+                        let slots = removed_slots(s, sv, &tasks);
+                        if !slots.is_empty() {
+                            let mut n = sv.clone();
+                            for slot in slots {
+                                if !n.removed_slots.contains(&slot) {
+                                    n.removed_slots.push(slot);
+                                }
+                            }
+                            n.removed_slots.sort_unstable();
+                            if n.removed_slots != sv.removed_slots {
+                                actions.push(put(
+                                    store_action::Object::Service(n),
+                                    sv.meta.as_ref().map_or(0, |m| m.version),
+                                ));
+                            }
                         }
                     }
                 }
