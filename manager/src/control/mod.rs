@@ -14,6 +14,7 @@ mod networks;
 pub mod node_verbs;
 mod task_verbs;
 pub mod verbs;
+mod volumes;
 
 use crate::orchestrator::{StoreView, LABEL_REMOVE_VOLUMES, LABEL_REMOVING};
 use crate::raft::{ProposeError, StoreHandle};
@@ -155,6 +156,21 @@ impl ControlApi {
 
     async fn remove(&self, req: RemoveStackRequest) -> Result<RemoveStackResponse, Status> {
         let name = req.name.clone();
+        // `down -v`: the named volumes the file declares (external ones are
+        // not the stack's) and every anonymous one of the stack, once the
+        // containers are gone.
+        let named: Vec<String> = self.inner.store.read(|s| {
+            s.stack(&name)
+                .and_then(|st| st.spec.as_ref())
+                .map(|sp| {
+                    sp.volumes
+                        .iter()
+                        .filter(|v| !v.external)
+                        .map(|v| v.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
         // Subscribe before writing so the end of the removal is not missed.
         let mut events = self.inner.store.subscribe();
         let resp = self
@@ -212,6 +228,22 @@ impl ControlApi {
                         limit.as_millis()
                     )))
                 }
+            }
+            if req.remove_volumes {
+                let mut by_node = BTreeMap::new();
+                // Every Ready node: a named volume lives wherever a task of
+                // the stack once ran.
+                by_node.insert(
+                    String::new(),
+                    flotilla_proto::v1::RemoveVolumesRequest {
+                        stack: name.clone(),
+                        named,
+                        anonymous: Vec::new(),
+                        all_anonymous: true,
+                    },
+                );
+                let vols = volumes::remove_on_nodes(&self.inner.store, by_node).await?;
+                tracing::info!(stack = %name, volumes = vols.len(), "stack volumes removed");
             }
         }
         Ok(resp)

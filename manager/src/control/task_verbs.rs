@@ -19,7 +19,7 @@ use crate::orchestrator::{is_oneoff, StoreView, LABEL_NO_DEPS, LABEL_ONEOFF, ONE
 use crate::store::Store;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{store_action, ServiceDesired, TaskState};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tonic::Status;
@@ -196,7 +196,7 @@ impl ControlApi {
             .await?;
         }
         let r = req.clone();
-        let ids: Vec<String> = self
+        let removed: Vec<pb::Task> = self
             .write("rm", |s| {
                 let tasks = rm_tasks(s, &r)?;
                 let mut actions = Vec::new();
@@ -205,7 +205,7 @@ impl ControlApi {
                     if !removable(t) {
                         continue;
                     }
-                    ids.push(t.id.clone());
+                    ids.push((*t).clone());
                     if t.desired_state() != TaskState::Remove {
                         let mut n = (*t).clone();
                         n.set_desired_state(TaskState::Remove);
@@ -257,12 +257,43 @@ impl ControlApi {
                 Ok((actions, ids))
             })
             .await?;
+        let ids: Vec<String> = removed.iter().map(|t| t.id.clone()).collect();
         tracing::info!(stack = %req.stack, tasks = ids.len(), "task removal requested");
         let gone: HashSet<String> = ids.iter().cloned().collect();
         self.wait_store(REMOVE_SLACK, "the containers to be removed", move |s| {
             gone.iter().all(|id| s.get_task(id).is_none())
         })
         .await?;
+        if req.remove_volumes {
+            // A slot's anonymous volume outlives one container (the next
+            // task of the slot mounts it again): only a slot with no task
+            // left loses it.
+            let by_node = self.inner.store.read(|s| {
+                let mut m: BTreeMap<String, pb::RemoveVolumesRequest> = BTreeMap::new();
+                for t in &removed {
+                    if t.node_id.is_empty() {
+                        continue;
+                    }
+                    let slot_used = s
+                        .tasks_in_service(&t.service_id)
+                        .iter()
+                        .any(|x| x.slot == t.slot);
+                    if slot_used {
+                        continue;
+                    }
+                    let r =
+                        m.entry(t.node_id.clone())
+                            .or_insert_with(|| pb::RemoveVolumesRequest {
+                                stack: req.stack.clone(),
+                                ..Default::default()
+                            });
+                    r.anonymous.extend(super::volumes::anonymous_of(t));
+                }
+                m
+            });
+            let vols = super::volumes::remove_on_nodes(&self.inner.store, by_node).await?;
+            tracing::info!(stack = %req.stack, volumes = vols.len(), "anonymous volumes removed");
+        }
         Ok(pb::RemoveServiceTasksResponse { task_ids: ids })
     }
 
