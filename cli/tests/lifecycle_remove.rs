@@ -65,6 +65,16 @@ fn stop_stops_and_down_removes_one_off_containers() {
         .unwrap();
     assert!(pid > 0 && alive(pid), "{rows:?}");
 
+    // restart restarts the services, not the one-off container.
+    d.ok(&dir, &["restart"]);
+    let rows = d.ps(&dir, &project);
+    assert_eq!(
+        row(&rows, &first).unwrap()["Pid"].as_i64(),
+        Some(pid),
+        "{rows:?}"
+    );
+    assert!(alive(pid), "restart stopped the one-off container");
+
     // stop: the services' containers and the one-off one.
     let out = d.ok(&dir, &["stop"]);
     assert!(out.contains(&first), "{out}");

@@ -321,7 +321,12 @@ impl ControlApi {
                             .as_ref()
                             .map(|x| x.state())
                             .unwrap_or(TaskState::New);
-                        if t.desired_state() != TaskState::Shutdown && !st.is_terminal() {
+                        // One-off containers are not the service's: a
+                        // restart would only stop them (they never restart).
+                        if t.desired_state() != TaskState::Shutdown
+                            && !st.is_terminal()
+                            && !crate::orchestrator::is_oneoff(t)
+                        {
                             let mut n = t.clone();
                             n.desired_state = TaskState::Shutdown as i32;
                             actions.push(put(
