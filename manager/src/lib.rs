@@ -21,6 +21,7 @@ pub mod manager;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+pub mod settle;
 pub mod store;
 
 pub use control::ControlApi;

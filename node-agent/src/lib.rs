@@ -23,5 +23,6 @@ pub mod process;
 pub mod session;
 pub mod signals;
 pub mod tasks;
+pub mod volume_verbs;
 
 pub use executor::{Agent, AgentConfig, AgentError, AgentHandle};

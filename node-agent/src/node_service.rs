@@ -460,4 +460,13 @@ impl NodeAgent for NodeService {
             .await
             .map(Response::new)
     }
+
+    async fn remove_volumes(
+        &self,
+        req: Request<pb::RemoveVolumesRequest>,
+    ) -> Result<Response<pb::RemoveVolumesResponse>, Status> {
+        crate::volume_verbs::remove(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

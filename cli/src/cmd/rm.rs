@@ -21,9 +21,8 @@ pub struct RmArgs {
     /// Stop the containers first if they run.
     #[arg(short = 's', long)]
     pub stop: bool,
-    /// Accepted for Compose compatibility: anonymous volumes are kept (a
-    /// slot's next container finds its anonymous volume again); `down -v`
-    /// removes volumes.
+    /// Also remove the containers' anonymous volumes (named volumes are
+    /// kept; `down -v` removes those).
     #[arg(short = 'v', long)]
     pub volumes: bool,
     /// Services (default: all).
@@ -53,6 +52,7 @@ pub async fn rm(g: &Global, a: &RmArgs) -> Result<i32> {
             stop: a.stop || a.force,
             timeout_ms: 0,
             task_ids: Vec::new(),
+            remove_volumes: a.volumes,
         })
         .await
         .map_err(|s| client::status_err(&format!("removing containers of stack {stack}"), s))?

@@ -245,6 +245,7 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<i32> {
                         stop: true,
                         timeout_ms: 0,
                         task_ids: vec![id.clone()],
+                        remove_volumes: a.rm,
                     }).await;
                     return Ok(130);
                 }
@@ -284,6 +285,8 @@ pub async fn run(g: &Global, a: &RunArgs) -> Result<i32> {
             stop: false,
             timeout_ms: 0,
             task_ids: vec![id.clone()],
+            // Like `docker run --rm`: its anonymous volumes go too.
+            remove_volumes: true,
         })
         .await
         .map_err(|s| client::status_err(&format!("removing container {}", t.name), s))?;

@@ -404,6 +404,7 @@ pub fn plan_deploy(
                     spec_version,
                     desired: desired as i32,
                     slot_addresses: Vec::new(),
+                    removed_slots: Vec::new(),
                 };
                 ipam::ensure_vips(&mut book, &mut svc, &atts).map_err(ipam_err)?;
                 actions.push(put(store_action::Object::Service(svc), 0));
@@ -424,6 +425,7 @@ pub fn plan_deploy(
                 let changed = old.spec_hash != hash
                     || old.spec.as_ref() != Some(&sspec)
                     || old.desired() != desired
+                    || !old.removed_slots.is_empty()
                     || crate::orchestrator::service_removing(old);
                 if !changed {
                     resp.unchanged.push(s.name.clone());
@@ -433,6 +435,8 @@ pub fn plan_deploy(
                 svc.spec_hash = hash;
                 svc.spec_version = spec_version;
                 svc.desired = desired as i32;
+                // Containers `rm` removed come back with the next deploy.
+                svc.removed_slots.clear();
                 if let Some(m) = svc.meta.as_mut() {
                     m.labels.remove(LABEL_REMOVING);
                     m.updated_at = Some(now);

@@ -14,6 +14,7 @@ mod networks;
 pub mod node_verbs;
 mod task_verbs;
 pub mod verbs;
+mod volumes;
 
 use crate::orchestrator::{StoreView, LABEL_REMOVE_VOLUMES, LABEL_REMOVING};
 use crate::raft::{ProposeError, StoreHandle};
@@ -155,6 +156,21 @@ impl ControlApi {
 
     async fn remove(&self, req: RemoveStackRequest) -> Result<RemoveStackResponse, Status> {
         let name = req.name.clone();
+        // `down -v`: the named volumes the file declares (external ones are
+        // not the stack's) and every anonymous one of the stack, once the
+        // containers are gone.
+        let named: Vec<String> = self.inner.store.read(|s| {
+            s.stack(&name)
+                .and_then(|st| st.spec.as_ref())
+                .map(|sp| {
+                    sp.volumes
+                        .iter()
+                        .filter(|v| !v.external)
+                        .map(|v| v.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
         // Subscribe before writing so the end of the removal is not missed.
         let mut events = self.inner.store.subscribe();
         let resp = self
@@ -213,6 +229,22 @@ impl ControlApi {
                     )))
                 }
             }
+            if req.remove_volumes {
+                let mut by_node = BTreeMap::new();
+                // Every Ready node: a named volume lives wherever a task of
+                // the stack once ran.
+                by_node.insert(
+                    String::new(),
+                    flotilla_proto::v1::RemoveVolumesRequest {
+                        stack: name.clone(),
+                        named,
+                        anonymous: Vec::new(),
+                        all_anonymous: true,
+                    },
+                );
+                let vols = volumes::remove_on_nodes(&self.inner.store, by_node).await?;
+                tracing::info!(stack = %name, volumes = vols.len(), "stack volumes removed");
+            }
         }
         Ok(resp)
     }
@@ -258,6 +290,30 @@ impl ControlApi {
                         sv.meta.as_ref().map_or(0, |m| m.version),
                     ));
                 }
+                if req.desired() == ServiceDesired::Stopped {
+                    // One-off (`run`) containers live outside the slots, so
+                    // the service's desired state does not reach them:
+                    // `stop` stops them here, once (a later `run` of a
+                    // stopped service still starts), as Compose does.
+                    for t in s.tasks_in_service(&sv.id) {
+                        let st = t
+                            .status
+                            .as_ref()
+                            .map(|x| x.state())
+                            .unwrap_or(TaskState::New);
+                        if crate::orchestrator::is_oneoff(t)
+                            && !st.is_terminal()
+                            && !matches!(t.desired_state(), TaskState::Shutdown | TaskState::Remove)
+                        {
+                            let mut n = t.clone();
+                            n.desired_state = TaskState::Shutdown as i32;
+                            actions.push(put(
+                                store_action::Object::Task(n),
+                                t.meta.as_ref().map_or(0, |m| m.version),
+                            ));
+                        }
+                    }
+                }
                 if req.restart && req.desired() == ServiceDesired::Running {
                     for t in s.tasks_in_service(&sv.id) {
                         let st = t
@@ -265,7 +321,12 @@ impl ControlApi {
                             .as_ref()
                             .map(|x| x.state())
                             .unwrap_or(TaskState::New);
-                        if t.desired_state() != TaskState::Shutdown && !st.is_terminal() {
+                        // One-off containers are not the service's: a
+                        // restart would only stop them (they never restart).
+                        if t.desired_state() != TaskState::Shutdown
+                            && !st.is_terminal()
+                            && !crate::orchestrator::is_oneoff(t)
+                        {
                             let mut n = t.clone();
                             n.desired_state = TaskState::Shutdown as i32;
                             actions.push(put(

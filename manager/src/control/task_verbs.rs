@@ -5,7 +5,9 @@
 //!
 //! `rm` marks ended tasks desired Remove (the agent removes the container,
 //! the orchestrator then deletes the task) and leaves their services desired
-//! Stopped, so nothing brings them back until `up`/`start`. `run` writes one
+//! Stopped, so nothing brings them back until `up`/`start`. When other
+//! replicas of the service still run, the removed slots are recorded in the
+//! service's `removed_slots` instead: they stay empty until the next deploy. `run` writes one
 //! one-off task (see the orchestrator's one-off rules): it never starts
 //! anything itself.
 //!
@@ -17,7 +19,7 @@ use crate::orchestrator::{is_oneoff, StoreView, LABEL_NO_DEPS, LABEL_ONEOFF, ONE
 use crate::store::Store;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{store_action, ServiceDesired, TaskState};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tonic::Status;
@@ -87,6 +89,31 @@ fn rm_tasks<'a>(
         .filter(|t| ids.contains(t.service_id.as_str()))
         .filter(|t| req.task_ids.is_empty() || req.task_ids.contains(&t.id))
         .collect())
+}
+
+/// The replica slots of `sv` that an `rm` of `removing` leaves without any
+/// container: every task of the slot is among the removed ones.
+fn removed_slots(s: &Store, sv: &pb::Service, removing: &[&pb::Task]) -> Vec<u32> {
+    let gone: HashSet<&str> = removing
+        .iter()
+        .filter(|t| removable(t))
+        .map(|t| t.id.as_str())
+        .collect();
+    let mut slots: Vec<u32> = removing
+        .iter()
+        .filter(|t| t.service_id == sv.id && !is_oneoff(t) && gone.contains(t.id.as_str()))
+        .map(|t| t.slot)
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let tasks = s.tasks_in_service(&sv.id);
+    slots.retain(|slot| {
+        tasks
+            .iter()
+            .filter(|t| t.slot == *slot && !is_oneoff(t))
+            .all(|t| gone.contains(t.id.as_str()) || t.desired_state() == TaskState::Remove)
+    });
+    slots
 }
 
 impl ControlApi {
@@ -169,7 +196,7 @@ impl ControlApi {
             .await?;
         }
         let r = req.clone();
-        let ids: Vec<String> = self
+        let removed: Vec<pb::Task> = self
             .write("rm", |s| {
                 let tasks = rm_tasks(s, &r)?;
                 let mut actions = Vec::new();
@@ -178,7 +205,7 @@ impl ControlApi {
                     if !removable(t) {
                         continue;
                     }
-                    ids.push(t.id.clone());
+                    ids.push((*t).clone());
                     if t.desired_state() != TaskState::Remove {
                         let mut n = (*t).clone();
                         n.set_desired_state(TaskState::Remove);
@@ -205,18 +232,68 @@ impl ControlApi {
                                 store_action::Object::Service(n),
                                 sv.meta.as_ref().map_or(0, |m| m.version),
                             ));
+                            continue;
+                        }
+                        // Other replicas run: the removed ones' slots stay
+                        // empty until the next deploy (Compose's `rm`).
+                        let slots = removed_slots(s, sv, &tasks);
+                        if !slots.is_empty() {
+                            let mut n = sv.clone();
+                            for slot in slots {
+                                if !n.removed_slots.contains(&slot) {
+                                    n.removed_slots.push(slot);
+                                }
+                            }
+                            n.removed_slots.sort_unstable();
+                            if n.removed_slots != sv.removed_slots {
+                                actions.push(put(
+                                    store_action::Object::Service(n),
+                                    sv.meta.as_ref().map_or(0, |m| m.version),
+                                ));
+                            }
                         }
                     }
                 }
                 Ok((actions, ids))
             })
             .await?;
+        let ids: Vec<String> = removed.iter().map(|t| t.id.clone()).collect();
         tracing::info!(stack = %req.stack, tasks = ids.len(), "task removal requested");
         let gone: HashSet<String> = ids.iter().cloned().collect();
         self.wait_store(REMOVE_SLACK, "the containers to be removed", move |s| {
             gone.iter().all(|id| s.get_task(id).is_none())
         })
         .await?;
+        if req.remove_volumes {
+            // A slot's anonymous volume outlives one container (the next
+            // task of the slot mounts it again): only a slot with no task
+            // left loses it.
+            let by_node = self.inner.store.read(|s| {
+                let mut m: BTreeMap<String, pb::RemoveVolumesRequest> = BTreeMap::new();
+                for t in &removed {
+                    if t.node_id.is_empty() {
+                        continue;
+                    }
+                    let slot_used = s
+                        .tasks_in_service(&t.service_id)
+                        .iter()
+                        .any(|x| x.slot == t.slot);
+                    if slot_used {
+                        continue;
+                    }
+                    let r =
+                        m.entry(t.node_id.clone())
+                            .or_insert_with(|| pb::RemoveVolumesRequest {
+                                stack: req.stack.clone(),
+                                ..Default::default()
+                            });
+                    r.anonymous.extend(super::volumes::anonymous_of(t));
+                }
+                m
+            });
+            let vols = super::volumes::remove_on_nodes(&self.inner.store, by_node).await?;
+            tracing::info!(stack = %req.stack, volumes = vols.len(), "anonymous volumes removed");
+        }
         Ok(pb::RemoveServiceTasksResponse { task_ids: ids })
     }
 

@@ -37,8 +37,6 @@ use tracing::Instrument;
 
 /// A node is Down after missing this many heartbeat periods.
 pub const MISSED_HEARTBEATS: u32 = 3;
-/// How long a burst of applied changes is collected before a new set is sent.
-const COALESCE: Duration = Duration::from_millis(20);
 /// Attempts of a read-modify-write that lost a version race.
 const CONFLICT_RETRIES: usize = 8;
 
@@ -421,8 +419,13 @@ impl DispatcherApi {
                         }
                     }
                 }
-                tokio::time::sleep(COALESCE).await;
-                while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+                // A burst of changes (the orchestrator's batch, then its
+                // placements) becomes one set: wait for a quiet spell.
+                if crate::settle::settle(&mut events, crate::settle::QUIET, crate::settle::MAX_HOLD).await
+                    == crate::settle::Settled::Closed
+                {
+                    return;
+                }
             }
         }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

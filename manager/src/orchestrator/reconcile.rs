@@ -44,7 +44,9 @@
 //!   itself going down (stopped or removed) and still has a live task, the
 //!   dependency's tasks are not told to shut down yet.
 //! - `rm`: tasks desired Remove are deleted once their node removed the
-//!   container; they are never part of a slot again.
+//!   container; they are never part of a slot again. A slot listed in the
+//!   service's `removed_slots` (`rm` of one replica while others run) gets
+//!   no new task until a deploy clears the list.
 //! - One-off tasks (`run`, meta [`LABEL_ONEOFF`]) live outside the slots:
 //!   made desired Created, turned Running once their dependencies hold (or
 //!   at once with [`LABEL_NO_DEPS`]), never restarted; with `auto_remove`
@@ -537,6 +539,10 @@ fn reconcile_service<V: StoreView>(
             };
             for slot in 1..=replicas {
                 let tasks = by_slot.get(&slot).cloned().unwrap_or_default();
+                if tasks.is_empty() && svc.removed_slots.contains(&slot) {
+                    // `rm` removed it: not made again until the next deploy.
+                    continue;
+                }
                 reconcile_slot(
                     ctx,
                     out,

@@ -1,6 +1,8 @@
-//! The orchestrator's leader loop: after every applied change (and on a
-//! tick, so restart back-offs expire), run [`super::plan`] over the store and
-//! propose its actions as one batch.
+//! The orchestrator's leader loop: as soon as the store changes (after a
+//! quiet spell of a few milliseconds, [`crate::settle`], so a burst is one
+//! pass), run [`super::plan`] over the store and propose its actions as one
+//! batch. A slow tick only lets restart back-offs expire when nothing else
+//! changes.
 //!
 //! Only the Raft leader proposes; followers just wait. A batch refused for a
 //! version conflict is dropped: the change that caused the conflict was
@@ -9,12 +11,10 @@
 //! passes.
 
 use crate::raft::{ProposeError, StoreHandle};
+use crate::settle::{settle, Settled, MAX_HOLD, QUIET};
 use flotilla_proto::v1::{StoreBatch, Timestamp};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
-
-/// How long a burst of applied entries is collected before one pass.
-const COALESCE: Duration = Duration::from_millis(10);
 
 /// Runs until `stop` turns true or the store stops.
 pub async fn run(store: StoreHandle, tick: Duration, mut stop: watch::Receiver<bool>) {
@@ -30,14 +30,17 @@ pub async fn run(store: StoreHandle, tick: Duration, mut stop: watch::Receiver<b
         }
         tokio::select! {
             r = events.recv() => match r {
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let s = settle(&mut events, QUIET, MAX_HOLD).await;
+                    if s == Settled::Closed {
+                        return;
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = interval.tick() => {}
             _ = stop.changed() => return,
         }
-        tokio::time::sleep(COALESCE).await;
-        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
     }
 }
 
