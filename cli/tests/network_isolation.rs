@@ -152,6 +152,20 @@ fn slot_keeps_its_address_across_daemon_restart() {
     };
     let before = ips(&d);
     assert_eq!(before.len(), 3);
+    // `restart`: new processes, same addresses.
+    let pids = |d: &Daemon| -> Vec<i64> {
+        d.ps(&dir, &project)
+            .iter()
+            .filter_map(|r| r["Pid"].as_i64())
+            .collect()
+    };
+    let old_pids = pids(&d);
+    d.ok(&dir, &["restart"]);
+    let restarted = eventually(Duration::from_secs(30), || {
+        let now = pids(&d);
+        (now.len() == 3 && now.iter().all(|p| *p != 0 && !old_pids.contains(p))).then(|| ips(&d))
+    });
+    assert_eq!(restarted.as_ref(), Some(&before), "after restart");
     d.kill9();
     d.start();
     d.ok(&dir, &["up", "-d", "--force-recreate"]);
