@@ -3,7 +3,12 @@
 //! table, `<out>/report.html` (inline SVG charts) and a PNG of it rendered
 //! by headless Chromium.
 //!
-//!     cargo run --release -p flotilla-bench -- [--quick] [--out bench-results]
+//!     cargo run --release -p flotilla-bench -- [--quick] [--out bench-results] [--only SECTION,...]
+//!
+//! Sections: start (container start), stacks (up/down of generated
+//! stacks), cli (ps and config on a 100-service stack), memory (shims and
+//! daemons), net (the data path: direct, VIP, published ports), control
+//! (scheduler and Raft). Without `--only`, all of them.
 //!
 //! Each figure is the median of repeated runs with min and max; runners are
 //! interleaved within each repetition so a noisy machine hurts all alike.
@@ -11,9 +16,11 @@
 //! containers, daemons, mounts or cgroups behind, or touch the host's
 //! firewall (dockerd runs with --iptables=false --bridge=none).
 
+mod control;
 mod docker;
 mod flotilla;
 mod model;
+mod net;
 mod render;
 mod report;
 mod setup;
@@ -31,23 +38,54 @@ use model::{Goal, Machine, Metric, Results};
 use stacks::{Shape, Tool};
 use util::{mem_of, Mem, Stats};
 
+/// Every section `--only` accepts, in the order they run.
+const SECTIONS: &[&str] = &["start", "stacks", "cli", "memory", "net", "control"];
+
 struct Opts {
     quick: bool,
     out: PathBuf,
+    /// Sections to run; empty: all.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+
+    fn wants_any(&self, sections: &[&str]) -> bool {
+        sections.iter().any(|s| self.wants(s))
+    }
 }
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
         quick: false,
         out: PathBuf::from("bench-results"),
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--out" => o.out = args.next().context("--out needs a directory")?.into(),
+            "--only" => {
+                let list = args.next().context("--only needs a section")?;
+                for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if !SECTIONS.contains(&s) {
+                        bail!(
+                            "unknown section {s:?}: --only takes {}",
+                            SECTIONS.join(", ")
+                        );
+                    }
+                    o.only.push(s.to_string());
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: flotilla-bench [--quick] [--out DIR]   (run as root)");
+                println!(
+                    "usage: flotilla-bench [--quick] [--out DIR] [--only SECTION[,SECTION...]]   (run as root)\nsections: {}",
+                    SECTIONS.join(", ")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -63,6 +101,8 @@ struct Reps {
     stack_large: usize,
     cli: usize,
     shims: usize,
+    net: net::Reps,
+    control: control::Reps,
 }
 
 fn main() {
@@ -87,6 +127,19 @@ fn real_main() -> Result<()> {
             stack_large: 1,
             cli: 3,
             shims: 3,
+            net: net::Reps {
+                rounds: 3,
+                requests: 2000,
+                tput: Duration::from_secs(1),
+                conns: 4,
+            },
+            control: control::Reps {
+                sched: 5,
+                rounds: 3,
+                commits: 100,
+                burst: 512,
+                failovers: 3,
+            },
         }
     } else {
         Reps {
@@ -95,12 +148,36 @@ fn real_main() -> Result<()> {
             stack_large: 3,
             cli: 10,
             shims: 10,
+            net: net::Reps {
+                rounds: 5,
+                requests: 5000,
+                tput: Duration::from_secs(2),
+                conns: 4,
+            },
+            control: control::Reps {
+                sched: 20,
+                rounds: 5,
+                commits: 200,
+                burst: 2048,
+                failovers: 5,
+            },
         }
     };
     let started_at = now();
     let machine = machine();
-    let flotilla_exe = setup::build_flotilla()?;
-    let tools = setup::tools();
+    // What each group of sections needs: the peers (installed if missing),
+    // the flotilla binary, a daemon.
+    let peers = opts.wants_any(&["start", "stacks", "cli", "memory"]);
+    let flotilla_exe = if opts.wants_any(&["start", "stacks", "cli", "memory", "net"]) {
+        Some(setup::build_flotilla()?)
+    } else {
+        None
+    };
+    let tools = if peers {
+        setup::tools()
+    } else {
+        setup::tools_present()
+    };
     let mut skipped: Vec<String> = tools.missing.clone();
     let mut notes = vec![
         "Container start is create → start → exit → remove of /bin/true for every runner (runc run and docker run --rm remove the container themselves).".to_string(),
@@ -131,18 +208,23 @@ fn real_main() -> Result<()> {
         }
     }
 
-    let Some(busybox) = tools.busybox.clone() else {
-        bail!("busybox-static is needed for the common rootfs and could not be installed");
-    };
     let tmp = tempfile::Builder::new()
         .prefix("flotilla-bench-")
         .tempdir()
         .context("creating the run's temp dir")?;
-    let (rootfs, rootfs_tar) = setup::rootfs(&busybox, tmp.path())?;
+    let mut metrics = Vec::new();
+    let (rootfs, rootfs_tar) = match (&flotilla_exe, &tools.busybox) {
+        (None, _) => (PathBuf::new(), PathBuf::new()),
+        (Some(_), Some(busybox)) => setup::rootfs(busybox, tmp.path())?,
+        (Some(_), None) => {
+            bail!("busybox-static is needed for the common rootfs and could not be installed")
+        }
+    };
+    let flotilla_exe = flotilla_exe.unwrap_or_default();
 
     // The engine is shared by `docker run` and the Compose peers.
     let engine = match (&tools.dockerd, &tools.docker) {
-        (Some(d), Some(c)) => match docker::Engine::start(d, c, tmp.path())
+        (Some(d), Some(c)) if peers => match docker::Engine::start(d, c, tmp.path())
             .and_then(|e| e.import(&rootfs_tar, stacks::IMAGE).map(|_| e))
         {
             Ok(e) => Some(e),
@@ -153,114 +235,135 @@ fn real_main() -> Result<()> {
         },
         _ => None,
     };
-    let mut metrics = Vec::new();
 
-    // 1. Container start.
-    println!("== container start ({} runs each)", reps.start);
-    let mut m = Metric::new(
-        "start.true",
-        "Container start",
-        "create→start→exit→remove of /bin/true",
-        "ms",
-    );
-    let frt = start::FlotillaRuntime::new(&flotilla_exe, &rootfs, tmp.path());
-    let runc = tools
-        .runc
-        .as_ref()
-        .map(|r| start::RuncBundle::new(r, &rootfs, tmp.path()));
-    let (mut f_s, mut r_s, mut d_s) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut f_err, mut r_err, mut d_err) = (None, None, None);
-    for i in 0..=reps.start {
-        // Run 0 is a warm-up (page cache, first cgroup creation).
-        let keep = i > 0;
-        match &frt {
-            Ok(f) if f_err.is_none() => match f.run_true(i) {
-                Ok(t) if keep => f_s.push(t),
-                Ok(_) => {}
-                Err(e) => f_err = Some(format!("{e:#}")),
-            },
-            Err(e) if f_err.is_none() => f_err = Some(format!("{e:#}")),
-            _ => {}
-        }
-        match &runc {
-            Some(Ok(b)) if r_err.is_none() => match b.run_true(i) {
-                Ok(t) if keep => r_s.push(t),
-                Ok(_) => {}
-                Err(e) => r_err = Some(format!("{e:#}")),
-            },
-            Some(Err(e)) if r_err.is_none() => r_err = Some(format!("{e:#}")),
-            _ => {}
-        }
-        if let Some(e) = &engine {
-            if d_err.is_none() {
-                match util::timed(e.cmd().args([
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    stacks::IMAGE,
-                    "/bin/true",
-                ])) {
-                    Ok(t) if keep => d_s.push(t),
-                    Ok(_) => {}
-                    Err(err) => d_err = Some(format!("{err:#}")),
-                }
-            }
-        }
-    }
-    m.flotilla = if f_err.is_none() {
-        Stats::from_samples(f_s)
+    let frt = if opts.wants_any(&["start", "memory"]) {
+        Some(start::FlotillaRuntime::new(
+            &flotilla_exe,
+            &rootfs,
+            tmp.path(),
+        ))
     } else {
         None
     };
-    if let Some(e) = &f_err {
-        skipped.push(format!("flotilla container start: {e}"));
+    // 1. Container start.
+    if let Some(frt) = frt.as_ref().filter(|_| opts.wants("start")) {
+        println!("== container start ({} runs each)", reps.start);
+        let mut m = Metric::new(
+            "start.true",
+            "Container start",
+            "create→start→exit→remove of /bin/true",
+            "ms",
+        );
+        let runc = tools
+            .runc
+            .as_ref()
+            .map(|r| start::RuncBundle::new(r, &rootfs, tmp.path()));
+        let (mut f_s, mut r_s, mut d_s) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut f_err, mut r_err, mut d_err) = (None, None, None);
+        for i in 0..=reps.start {
+            // Run 0 is a warm-up (page cache, first cgroup creation).
+            let keep = i > 0;
+            match frt {
+                Ok(f) if f_err.is_none() => match f.run_true(i) {
+                    Ok(t) if keep => f_s.push(t),
+                    Ok(_) => {}
+                    Err(e) => f_err = Some(format!("{e:#}")),
+                },
+                Err(e) if f_err.is_none() => f_err = Some(format!("{e:#}")),
+                _ => {}
+            }
+            match &runc {
+                Some(Ok(b)) if r_err.is_none() => match b.run_true(i) {
+                    Ok(t) if keep => r_s.push(t),
+                    Ok(_) => {}
+                    Err(e) => r_err = Some(format!("{e:#}")),
+                },
+                Some(Err(e)) if r_err.is_none() => r_err = Some(format!("{e:#}")),
+                _ => {}
+            }
+            if let Some(e) = &engine {
+                if d_err.is_none() {
+                    match util::timed(e.cmd().args([
+                        "run",
+                        "--rm",
+                        "--network",
+                        "none",
+                        stacks::IMAGE,
+                        "/bin/true",
+                    ])) {
+                        Ok(t) if keep => d_s.push(t),
+                        Ok(_) => {}
+                        Err(err) => d_err = Some(format!("{err:#}")),
+                    }
+                }
+            }
+        }
+        m.flotilla = if f_err.is_none() {
+            Stats::from_samples(f_s)
+        } else {
+            None
+        };
+        if let Some(e) = &f_err {
+            skipped.push(format!("flotilla container start: {e}"));
+        }
+        add_peer(
+            &mut m,
+            "runc run",
+            r_s,
+            r_err.or_else(|| tools.runc.is_none().then(|| "runc is not installed".into())),
+            &mut skipped,
+        );
+        add_peer(
+            &mut m,
+            "docker run --rm",
+            d_s,
+            d_err.or_else(|| engine.is_none().then(|| "no Docker Engine".into())),
+            &mut skipped,
+        );
+        m.goal = Some(Goal {
+            text: "no slower than runc".into(),
+            peer: Some("runc run".into()),
+            max_ratio: Some(1.0),
+            max_value: None,
+            min_value: None,
+        });
+        metrics.push(m);
     }
-    add_peer(
-        &mut m,
-        "runc run",
-        r_s,
-        r_err.or_else(|| tools.runc.is_none().then(|| "runc is not installed".into())),
-        &mut skipped,
-    );
-    add_peer(
-        &mut m,
-        "docker run --rm",
-        d_s,
-        d_err.or_else(|| engine.is_none().then(|| "no Docker Engine".into())),
-        &mut skipped,
-    );
-    m.goal = Some(Goal {
-        text: "no slower than runc".into(),
-        peer: Some("runc run".into()),
-        max_ratio: Some(1.0),
-        max_value: None,
-    });
-    metrics.push(m);
 
     // Shim memory (the containerd-shim figure is added with the footprint).
-    println!("== shim memory ({} running containers)", reps.shims);
-    let shim_mem = match &frt {
-        Ok(f) => f.shim_memory(reps.shims).map_err(|e| format!("{e:#}")),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    if let Err(e) = &shim_mem {
-        skipped.push(format!("flotilla shim memory: {e}"));
-    }
-    drop(frt);
-    let shim_mem = shim_mem.ok();
-
-    // 2–4. Stacks, CLI and footprint.
-    let daemon = match flotilla::Daemon::start(&flotilla_exe, tmp.path())
-        .and_then(|d| d.import(&rootfs_tar, stacks::IMAGE).map(|_| d))
-    {
-        Ok(d) => Some(d),
-        Err(e) => {
-            skipped.push(format!("flotilla daemon: {e:#}"));
-            None
+    let shim_mem = match frt.as_ref().filter(|_| opts.wants("memory")) {
+        Some(frt) => {
+            println!("== shim memory ({} running containers)", reps.shims);
+            let shim_mem = match frt {
+                Ok(f) => f.shim_memory(reps.shims).map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            if let Err(e) = &shim_mem {
+                skipped.push(format!("flotilla shim memory: {e}"));
+            }
+            shim_mem.ok()
         }
+        None => None,
     };
-    std::thread::sleep(Duration::from_secs(2));
+    drop(frt);
+
+    // 2–4. Stacks, CLI and footprint; the network section.
+    let daemon = if opts.wants_any(&["stacks", "cli", "memory", "net"]) {
+        match flotilla::Daemon::start(&flotilla_exe, tmp.path())
+            .and_then(|d| d.import(&rootfs_tar, stacks::IMAGE).map(|_| d))
+        {
+            Ok(d) => Some(d),
+            Err(e) => {
+                skipped.push(format!("flotilla daemon: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if daemon.is_some() {
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let f_idle = daemon
         .as_ref()
         .and_then(|d| d.pid())
@@ -296,11 +399,16 @@ fn real_main() -> Result<()> {
             ));
         }
     }
-    for (key, shape, n, r) in [
-        ("chain10", Shape::Chain, 10, reps.stack_small),
-        ("fanout50", Shape::FanOut, 50, reps.stack_large),
-        ("tier3", Shape::ThreeTier, 3, reps.stack_small),
-    ] {
+    let stack_runs = if opts.wants("stacks") {
+        vec![
+            ("chain10", Shape::Chain, 10, reps.stack_small),
+            ("fanout50", Shape::FanOut, 50, reps.stack_large),
+            ("tier3", Shape::ThreeTier, 3, reps.stack_small),
+        ]
+    } else {
+        Vec::new()
+    };
+    for (key, shape, n, r) in stack_runs {
         println!("== stack {key} up/down ({r} runs each)");
         let mut up: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
         let mut down: Vec<Vec<f64>> = vec![Vec::new(); runners.len()];
@@ -376,6 +484,7 @@ fn real_main() -> Result<()> {
                         peer: Some("Compose v2".into()),
                         max_ratio: Some(0.2),
                         max_value: None,
+                        min_value: None,
                     });
                 }
                 metrics.push(m);
@@ -384,187 +493,220 @@ fn real_main() -> Result<()> {
     }
 
     // 3 & 4: a 100-service stack: ps, config, and the footprint with it up.
-    println!(
-        "== 100-service stack: ps, config, footprint ({} runs each)",
-        reps.cli
-    );
     let n = 100;
-    let mut ps = Metric::new("cli.ps100", "CLI on a 100-service stack", "ps", "ms");
-    let mut config = Metric::new(
-        "cli.config100",
-        "CLI on a 100-service stack",
-        "config",
-        "ms",
-    );
     let mut f_full: Option<(Mem, Vec<Mem>)> = None;
     let mut d_full: Option<(Mem, Mem, Vec<Mem>)> = None;
-    if let Some(d) = &daemon {
-        let file = stacks::write_file(
-            &files,
-            "flat100-bridge",
-            &stacks::compose_file(Shape::Flat, n, false),
-        )?;
-        let tool = Tool::Flotilla(d);
-        let res = (|| -> Result<()> {
-            tool.up(&file, "fbflat100", n)?;
-            std::thread::sleep(Duration::from_secs(2));
-            let (ps_s, cfg_s) = time_cli(&tool, &file, "fbflat100", reps.cli)?;
-            ps.flotilla = Stats::from_samples(ps_s);
-            config.flotilla = Stats::from_samples(cfg_s);
-            f_full = Some(d.footprint());
-            tool.down(&file, "fbflat100")?;
-            Ok(())
-        })();
-        if let Err(e) = res {
-            tool.cleanup(&file, "fbflat100");
-            skipped.push(format!("flotilla 100-service stack: {e:#}"));
-        }
-    }
-    if let Some(e) = &engine {
-        let file = stacks::write_file(
-            &files,
-            "flat100-none",
-            &stacks::compose_file(Shape::Flat, n, true),
-        )?;
-        let composers: Vec<(&str, Tool)> = [
-            ("Compose v2", &tools.compose_v2),
-            ("Compose v1.29", &tools.compose_v1),
-        ]
-        .into_iter()
-        .filter_map(|(name, exe)| {
-            exe.as_deref()
-                .map(|x| (name, Tool::Compose { exe: x, engine: e }))
-        })
-        .collect();
-        if let Some((_, up_tool)) = composers.first() {
-            let res = up_tool.up(&file, "fbflat100", n);
-            if let Err(err) = &res {
-                skipped.push(format!("Docker 100-service stack: {err:#}"));
-            } else {
+    if opts.wants_any(&["cli", "memory"]) {
+        println!(
+            "== 100-service stack: ps, config, footprint ({} runs each)",
+            reps.cli
+        );
+        let mut ps = Metric::new("cli.ps100", "CLI on a 100-service stack", "ps", "ms");
+        let mut config = Metric::new(
+            "cli.config100",
+            "CLI on a 100-service stack",
+            "config",
+            "ms",
+        );
+        if let Some(d) = &daemon {
+            let file = stacks::write_file(
+                &files,
+                "flat100-bridge",
+                &stacks::compose_file(Shape::Flat, n, false),
+            )?;
+            let tool = Tool::Flotilla(d);
+            let res = (|| -> Result<()> {
+                tool.up(&file, "fbflat100", n)?;
                 std::thread::sleep(Duration::from_secs(2));
-                d_full = Some(e.footprint());
-                for (name, tool) in &composers {
-                    match time_cli(tool, &file, "fbflat100", reps.cli) {
-                        Ok((p, c)) => {
-                            ps.peer(name, Stats::from_samples(p));
-                            config.peer(name, Stats::from_samples(c));
-                        }
-                        Err(err) => {
-                            let why = format!("{err:#}");
-                            ps.skip(name, &why);
-                            config.skip(name, &why);
-                            skipped.push(format!("{name} ps/config: {why}"));
+                let (ps_s, cfg_s) = time_cli(&tool, &file, "fbflat100", reps.cli)?;
+                ps.flotilla = Stats::from_samples(ps_s);
+                config.flotilla = Stats::from_samples(cfg_s);
+                f_full = Some(d.footprint());
+                tool.down(&file, "fbflat100")?;
+                Ok(())
+            })();
+            if let Err(e) = res {
+                tool.cleanup(&file, "fbflat100");
+                skipped.push(format!("flotilla 100-service stack: {e:#}"));
+            }
+        }
+        if let Some(e) = &engine {
+            let file = stacks::write_file(
+                &files,
+                "flat100-none",
+                &stacks::compose_file(Shape::Flat, n, true),
+            )?;
+            let composers: Vec<(&str, Tool)> = [
+                ("Compose v2", &tools.compose_v2),
+                ("Compose v1.29", &tools.compose_v1),
+            ]
+            .into_iter()
+            .filter_map(|(name, exe)| {
+                exe.as_deref()
+                    .map(|x| (name, Tool::Compose { exe: x, engine: e }))
+            })
+            .collect();
+            if let Some((_, up_tool)) = composers.first() {
+                let res = up_tool.up(&file, "fbflat100", n);
+                if let Err(err) = &res {
+                    skipped.push(format!("Docker 100-service stack: {err:#}"));
+                } else {
+                    std::thread::sleep(Duration::from_secs(2));
+                    d_full = Some(e.footprint());
+                    for (name, tool) in &composers {
+                        match time_cli(tool, &file, "fbflat100", reps.cli) {
+                            Ok((p, c)) => {
+                                ps.peer(name, Stats::from_samples(p));
+                                config.peer(name, Stats::from_samples(c));
+                            }
+                            Err(err) => {
+                                let why = format!("{err:#}");
+                                ps.skip(name, &why);
+                                config.skip(name, &why);
+                                skipped.push(format!("{name} ps/config: {why}"));
+                            }
                         }
                     }
                 }
+                up_tool.cleanup(&file, "fbflat100");
             }
-            up_tool.cleanup(&file, "fbflat100");
+        }
+        for (name, exe) in [
+            ("Compose v2", &tools.compose_v2),
+            ("Compose v1.29", &tools.compose_v1),
+        ] {
+            if exe.is_none() || engine.is_none() {
+                ps.skip(name, "not available");
+                config.skip(name, "not available");
+            }
+        }
+        if opts.wants("cli") {
+            metrics.push(ps);
+            metrics.push(config);
         }
     }
-    for (name, exe) in [
-        ("Compose v2", &tools.compose_v2),
-        ("Compose v1.29", &tools.compose_v1),
-    ] {
-        if exe.is_none() || engine.is_none() {
-            ps.skip(name, "not available");
-            config.skip(name, "not available");
-        }
-    }
-    metrics.push(ps);
-    metrics.push(config);
 
-    // Shim memory vs one containerd-shim.
-    for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
-        let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
-        let mut m = Metric::new(
-            &format!("shim.{field}"),
-            "Memory",
-            &format!("one shim per running container, {label}"),
-            "KiB",
-        );
-        m.flotilla = shim_mem
-            .as_ref()
-            .and_then(|v| Stats::from_samples(v.iter().map(pick).collect()));
-        match &d_full {
-            Some((_, _, shims)) if !shims.is_empty() => m.peer(
-                "containerd-shim-runc-v2",
-                Stats::from_samples(shims.iter().map(pick).collect()),
-            ),
-            _ => m.skip(
-                "containerd-shim-runc-v2",
-                "no Docker containers were running",
-            ),
+    if opts.wants("memory") {
+        // Shim memory vs one containerd-shim.
+        for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
+            let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
+            let mut m = Metric::new(
+                &format!("shim.{field}"),
+                "Memory",
+                &format!("one shim per running container, {label}"),
+                "KiB",
+            );
+            m.flotilla = shim_mem
+                .as_ref()
+                .and_then(|v| Stats::from_samples(v.iter().map(pick).collect()));
+            match &d_full {
+                Some((_, _, shims)) if !shims.is_empty() => m.peer(
+                    "containerd-shim-runc-v2",
+                    Stats::from_samples(shims.iter().map(pick).collect()),
+                ),
+                _ => m.skip(
+                    "containerd-shim-runc-v2",
+                    "no Docker containers were running",
+                ),
+            }
+            if field == "rss" {
+                m.goal = Some(Goal {
+                    text: "shim under 2 MiB RSS".into(),
+                    peer: None,
+                    max_ratio: None,
+                    max_value: Some(2048.0),
+                    min_value: None,
+                });
+            }
+            metrics.push(m);
         }
-        if field == "rss" {
-            m.goal = Some(Goal {
-                text: "shim under 2 MiB RSS".into(),
-                peer: None,
-                max_ratio: None,
-                max_value: Some(2048.0),
-            });
+        // Daemon footprint.
+        for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
+            let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
+            let one = |v: Option<f64>| v.and_then(|x| Stats::from_samples(vec![x]));
+            let mut idle = Metric::new(
+                &format!("footprint.idle.{field}"),
+                "Memory",
+                &format!("daemon idle, {label}"),
+                "KiB",
+            );
+            idle.flotilla = one(f_idle.as_ref().map(pick));
+            match d_idle {
+                Some(d) => idle.peer("dockerd + containerd", one(Some(pick(&d)))),
+                None => idle.skip("dockerd + containerd", "no Docker Engine"),
+            }
+            metrics.push(idle);
+            let mut full = Metric::new(
+                &format!("footprint.n100.{field}"),
+                "Memory",
+                &format!("daemon with {n} containers, {label}"),
+                "KiB",
+            );
+            full.flotilla = one(f_full.as_ref().map(|(d, _)| pick(d)));
+            match &d_full {
+                Some((d, c, _)) => full.peer("dockerd + containerd", one(Some(pick(&(*d + *c))))),
+                None => full.skip("dockerd + containerd", "no Docker stack was up"),
+            }
+            metrics.push(full);
+            let mut total = Metric::new(
+                &format!("footprint.n100total.{field}"),
+                "Memory",
+                &format!("daemon + all shims with {n} containers, {label}"),
+                "KiB",
+            );
+            total.flotilla = one(f_full
+                .as_ref()
+                .map(|(d, s)| pick(d) + s.iter().map(pick).sum::<f64>()));
+            match &d_full {
+                Some((d, c, s)) => total.peer(
+                    "dockerd + containerd + shims",
+                    one(Some(pick(&(*d + *c)) + s.iter().map(pick).sum::<f64>())),
+                ),
+                None => total.skip("dockerd + containerd + shims", "no Docker stack was up"),
+            }
+            metrics.push(total);
         }
-        metrics.push(m);
+        if let Some((_, s)) = &f_full {
+            notes.push(format!(
+                "flotilla had {} shims running with the 100-service stack.",
+                s.len()
+            ));
+        }
+        if let Some((_, _, s)) = &d_full {
+            notes.push(format!(
+                "Docker had {} containerd-shim processes running with the 100-service stack.",
+                s.len()
+            ));
+        }
     }
-    // Daemon footprint.
-    for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
-        let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
-        let one = |v: Option<f64>| v.and_then(|x| Stats::from_samples(vec![x]));
-        let mut idle = Metric::new(
-            &format!("footprint.idle.{field}"),
-            "Memory",
-            &format!("daemon idle, {label}"),
-            "KiB",
+
+    // 5. The network data path.
+    if opts.wants("net") {
+        println!(
+            "== network: direct, VIP, published ports ({} rounds)",
+            reps.net.rounds
         );
-        idle.flotilla = one(f_idle.as_ref().map(pick));
-        match d_idle {
-            Some(d) => idle.peer("dockerd + containerd", one(Some(pick(&d)))),
-            None => idle.skip("dockerd + containerd", "no Docker Engine"),
+        match &daemon {
+            Some(d) => match net::run_section(d, &files, &reps.net) {
+                Ok((m, n)) => {
+                    metrics.extend(m);
+                    notes.extend(n);
+                }
+                Err(e) => skipped.push(format!("network: {e:#}")),
+            },
+            None => skipped.push("network: no flotilla daemon".into()),
         }
-        metrics.push(idle);
-        let mut full = Metric::new(
-            &format!("footprint.n100.{field}"),
-            "Memory",
-            &format!("daemon with {n} containers, {label}"),
-            "KiB",
-        );
-        full.flotilla = one(f_full.as_ref().map(|(d, _)| pick(d)));
-        match &d_full {
-            Some((d, c, _)) => full.peer("dockerd + containerd", one(Some(pick(&(*d + *c))))),
-            None => full.skip("dockerd + containerd", "no Docker stack was up"),
-        }
-        metrics.push(full);
-        let mut total = Metric::new(
-            &format!("footprint.n100total.{field}"),
-            "Memory",
-            &format!("daemon + all shims with {n} containers, {label}"),
-            "KiB",
-        );
-        total.flotilla = one(f_full
-            .as_ref()
-            .map(|(d, s)| pick(d) + s.iter().map(pick).sum::<f64>()));
-        match &d_full {
-            Some((d, c, s)) => total.peer(
-                "dockerd + containerd + shims",
-                one(Some(pick(&(*d + *c)) + s.iter().map(pick).sum::<f64>())),
-            ),
-            None => total.skip("dockerd + containerd + shims", "no Docker stack was up"),
-        }
-        metrics.push(total);
-    }
-    if let Some((_, s)) = &f_full {
-        notes.push(format!(
-            "flotilla had {} shims running with the 100-service stack.",
-            s.len()
-        ));
-    }
-    if let Some((_, _, s)) = &d_full {
-        notes.push(format!(
-            "Docker had {} containerd-shim processes running with the 100-service stack.",
-            s.len()
-        ));
     }
     drop(daemon);
     drop(engine);
+
+    // 6. The control plane, in this process.
+    if opts.wants("control") {
+        let (m, s, n) = control::run(&reps.control);
+        metrics.extend(m);
+        skipped.extend(s);
+        notes.extend(n);
+    }
 
     let results = Results {
         format: 1,
@@ -572,9 +714,14 @@ fn real_main() -> Result<()> {
         finished_at: now(),
         quick: opts.quick,
         command: format!(
-            "cargo run --release -p flotilla-bench --{}{}",
+            "cargo run --release -p flotilla-bench --{}{}{}",
             if opts.quick { " --quick" } else { "" },
-            format_args!(" --out {}", opts.out.display())
+            format_args!(" --out {}", opts.out.display()),
+            if opts.only.is_empty() {
+                String::new()
+            } else {
+                format!(" --only {}", opts.only.join(","))
+            }
         ),
         machine,
         versions,
