@@ -58,20 +58,35 @@ pub fn run(reps: &Reps) -> (Vec<Metric>, Vec<String>, Vec<String>) {
         "placements/s",
     )
     .rate();
-    let mut rates = Vec::new();
+    // The current scheduler and the one before its counts were keyed by
+    // node index, interleaved.
+    let (mut rates, mut before) = (Vec::new(), Vec::new());
     for i in 0..=reps.sched {
         let t = Instant::now();
         let placed = schedule(&snap, support::now());
         let secs = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let old = support::sched_before::schedule_before(&snap, support::now());
+        let old_secs = t.elapsed().as_secs_f64();
         if placed.len() != 1000 {
             skipped.push(format!("scheduler: placed {} of 1000 tasks", placed.len()));
+            rates.clear();
+            before.clear();
             break;
+        }
+        if old != placed && i == 0 {
+            skipped.push("scheduler: the baseline (2604044) placed differently".into());
         }
         if i > 0 {
             rates.push(1000.0 / secs);
+            before.push(1000.0 / old_secs);
         }
     }
     m.flotilla = Stats::from_samples(rates);
+    m.peer(
+        "scheduler before (2604044, String-keyed counts)",
+        Stats::from_samples(before),
+    );
     metrics.push(m);
 
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -23,6 +23,14 @@ fn scheduler(c: &mut Criterion) {
     let mut g = c.benchmark_group("scheduler_1000_nodes");
     g.throughput(Throughput::Elements(1000));
     g.sample_size(10);
+    assert_eq!(
+        support::sched_before::schedule_before(&snap, support::now()),
+        placed,
+        "the baseline places the same way"
+    );
+    g.bench_function("place_1000_tasks_before_2604044 (baseline)", |b| {
+        b.iter(|| support::sched_before::schedule_before(&snap, support::now()))
+    });
     g.bench_function("place_1000_tasks", |b| {
         b.iter(|| schedule(&snap, support::now()))
     });

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod sched_before;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
