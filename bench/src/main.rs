@@ -3,11 +3,12 @@
 //! table, `<out>/report.html` (inline SVG charts) and a PNG of it rendered
 //! by headless Chromium.
 //!
-//!     cargo run --release -p flotilla-bench -- [--quick] [--only SECTION] [--out bench-results]
+//!     cargo run --release -p flotilla-bench -- [--quick] [--out bench-results] [--only SECTION,...]
 //!
-//! `--only` runs one section: `start` (container start and shim memory),
-//! `stacks` (stack up/down) or `cli` (the 100-service stack: ps, config,
-//! footprint).
+//! Sections: start (container start), stacks (up/down of generated
+//! stacks), cli (ps and config on a 100-service stack), memory (shims and
+//! daemons), net (the data path: direct, VIP, published ports), control
+//! (scheduler and Raft). Without `--only`, all of them.
 //!
 //! Each figure is the median of repeated runs with min and max; runners are
 //! interleaved within each repetition so a noisy machine hurts all alike.
@@ -15,9 +16,11 @@
 //! containers, daemons, mounts or cgroups behind, or touch the host's
 //! firewall (dockerd runs with --iptables=false --bridge=none).
 
+mod control;
 mod docker;
 mod flotilla;
 mod model;
+mod net;
 mod render;
 mod report;
 mod setup;
@@ -35,26 +38,31 @@ use model::{Goal, Machine, Metric, Results};
 use stacks::{Shape, Tool};
 use util::{mem_of, Mem, Stats};
 
+/// Every section `--only` accepts, in the order they run.
+const SECTIONS: &[&str] = &["start", "stacks", "cli", "memory", "net", "control"];
+
 struct Opts {
     quick: bool,
-    only: Option<String>,
     out: PathBuf,
+    /// Sections to run; empty: all.
+    only: Vec<String>,
 }
 
-/// The sections `--only` can pick.
-const SECTIONS: &[&str] = &["start", "stacks", "cli"];
-
 impl Opts {
-    fn runs(&self, section: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| o == section)
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+
+    fn wants_any(&self, sections: &[&str]) -> bool {
+        sections.iter().any(|s| self.wants(s))
     }
 }
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
         quick: false,
-        only: None,
         out: PathBuf::from("bench-results"),
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -62,19 +70,21 @@ fn parse_args() -> Result<Opts> {
             "--quick" => o.quick = true,
             "--out" => o.out = args.next().context("--out needs a directory")?.into(),
             "--only" => {
-                let s = args.next().context("--only needs a section")?;
-                if !SECTIONS.contains(&s.as_str()) {
-                    bail!(
-                        "unknown section {s:?} for --only (one of {})",
-                        SECTIONS.join(", ")
-                    );
+                let list = args.next().context("--only needs a section")?;
+                for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if !SECTIONS.contains(&s) {
+                        bail!(
+                            "unknown section {s:?}: --only takes {}",
+                            SECTIONS.join(", ")
+                        );
+                    }
+                    o.only.push(s.to_string());
                 }
-                o.only = Some(s);
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: flotilla-bench [--quick] [--only {}] [--out DIR]   (run as root)",
-                    SECTIONS.join("|")
+                    "usage: flotilla-bench [--quick] [--out DIR] [--only SECTION[,SECTION...]]   (run as root)\nsections: {}",
+                    SECTIONS.join(", ")
                 );
                 std::process::exit(0);
             }
@@ -91,6 +101,8 @@ struct Reps {
     stack_large: usize,
     cli: usize,
     shims: usize,
+    net: net::Reps,
+    control: control::Reps,
 }
 
 fn main() {
@@ -115,6 +127,19 @@ fn real_main() -> Result<()> {
             stack_large: 1,
             cli: 3,
             shims: 3,
+            net: net::Reps {
+                rounds: 3,
+                requests: 2000,
+                tput: Duration::from_secs(1),
+                conns: 4,
+            },
+            control: control::Reps {
+                sched: 5,
+                rounds: 3,
+                commits: 100,
+                burst: 512,
+                failovers: 3,
+            },
         }
     } else {
         Reps {
@@ -123,12 +148,37 @@ fn real_main() -> Result<()> {
             stack_large: 3,
             cli: 10,
             shims: 10,
+            net: net::Reps {
+                rounds: 5,
+                requests: 5000,
+                tput: Duration::from_secs(2),
+                conns: 4,
+            },
+            control: control::Reps {
+                sched: 20,
+                rounds: 5,
+                commits: 200,
+                burst: 2048,
+                failovers: 5,
+            },
         }
     };
     let started_at = now();
     let machine = machine();
-    let flotilla_exe = setup::build_flotilla()?;
-    let tools = setup::tools(opts.only.as_deref() == Some("start"));
+    // What each group of sections needs: the peers (installed if missing),
+    // the flotilla binary, a daemon.
+    let peers = opts.wants_any(&["start", "stacks", "cli", "memory"]);
+    let flotilla_exe = if opts.wants_any(&["start", "stacks", "cli", "memory", "net"]) {
+        Some(setup::build_flotilla()?)
+    } else {
+        None
+    };
+    let tools = if peers {
+        // `--only start` needs only runc and busybox of the peers.
+        setup::tools(opts.only.iter().all(|s| s == "start") && !opts.only.is_empty())
+    } else {
+        setup::tools_present()
+    };
     let mut skipped: Vec<String> = tools.missing.clone();
     let mut notes = vec![
         "Container start is create → start → exit → remove of /bin/true for every runner (runc run and docker run --rm remove the container themselves).".to_string(),
@@ -159,18 +209,23 @@ fn real_main() -> Result<()> {
         }
     }
 
-    let Some(busybox) = tools.busybox.clone() else {
-        bail!("busybox-static is needed for the common rootfs and could not be installed");
-    };
     let tmp = tempfile::Builder::new()
         .prefix("flotilla-bench-")
         .tempdir()
         .context("creating the run's temp dir")?;
-    let (rootfs, rootfs_tar) = setup::rootfs(&busybox, tmp.path())?;
+    let mut metrics = Vec::new();
+    let (rootfs, rootfs_tar) = match (&flotilla_exe, &tools.busybox) {
+        (None, _) => (PathBuf::new(), PathBuf::new()),
+        (Some(_), Some(busybox)) => setup::rootfs(busybox, tmp.path())?,
+        (Some(_), None) => {
+            bail!("busybox-static is needed for the common rootfs and could not be installed")
+        }
+    };
+    let flotilla_exe = flotilla_exe.unwrap_or_default();
 
     // The engine is shared by `docker run` and the Compose peers.
     let engine = match (&tools.dockerd, &tools.docker) {
-        (Some(d), Some(c)) => match docker::Engine::start(d, c, tmp.path())
+        (Some(d), Some(c)) if peers => match docker::Engine::start(d, c, tmp.path())
             .and_then(|e| e.import(&rootfs_tar, stacks::IMAGE).map(|_| e))
         {
             Ok(e) => Some(e),
@@ -181,11 +236,18 @@ fn real_main() -> Result<()> {
         },
         _ => None,
     };
-    let mut metrics = Vec::new();
 
+    let frt = if opts.wants_any(&["start", "memory"]) {
+        Some(start::FlotillaRuntime::new(
+            &flotilla_exe,
+            &rootfs,
+            tmp.path(),
+        ))
+    } else {
+        None
+    };
     // 1. Container start.
-    let mut shim_mem = None;
-    if opts.runs("start") {
+    if let Some(frt) = frt.as_ref().filter(|_| opts.wants("start")) {
         println!("== container start ({} runs each)", reps.start);
         let mut m = Metric::new(
             "start.true",
@@ -193,7 +255,6 @@ fn real_main() -> Result<()> {
             "create→start→exit→remove of /bin/true",
             "ms",
         );
-        let frt = start::FlotillaRuntime::new(&flotilla_exe, &rootfs, tmp.path());
         let runc = tools
             .runc
             .as_ref()
@@ -203,7 +264,7 @@ fn real_main() -> Result<()> {
         for i in 0..=reps.start {
             // Run 0 is a warm-up (page cache, first cgroup creation).
             let keep = i > 0;
-            match &frt {
+            match frt {
                 Ok(f) if f_err.is_none() => match f.run_true(i) {
                     Ok(t) if keep => f_s.push(t),
                     Ok(_) => {}
@@ -265,26 +326,30 @@ fn real_main() -> Result<()> {
             peer: Some("runc run".into()),
             max_ratio: Some(1.0),
             max_value: None,
+            min_value: None,
         });
         metrics.push(m);
-
-        // Shim memory (the containerd-shim figure is added with the footprint).
-        println!("== shim memory ({} running containers)", reps.shims);
-        let shim_mem_res = match &frt {
-            Ok(f) => f.shim_memory(reps.shims).map_err(|e| format!("{e:#}")),
-            Err(e) => Err(format!("{e:#}")),
-        };
-        if let Err(e) = &shim_mem_res {
-            skipped.push(format!("flotilla shim memory: {e}"));
-        }
-        drop(frt);
-        shim_mem = shim_mem_res.ok();
     }
 
-    // 2–4. Stacks, CLI and footprint.
-    let daemon = if !(opts.runs("stacks") || opts.runs("cli")) {
-        None
-    } else {
+    // Shim memory (the containerd-shim figure is added with the footprint).
+    let shim_mem = match frt.as_ref().filter(|_| opts.wants("memory")) {
+        Some(frt) => {
+            println!("== shim memory ({} running containers)", reps.shims);
+            let shim_mem = match frt {
+                Ok(f) => f.shim_memory(reps.shims).map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            if let Err(e) = &shim_mem {
+                skipped.push(format!("flotilla shim memory: {e}"));
+            }
+            shim_mem.ok()
+        }
+        None => None,
+    };
+    drop(frt);
+
+    // 2–4. Stacks, CLI and footprint; the network section.
+    let daemon = if opts.wants_any(&["stacks", "cli", "memory", "net"]) {
         match flotilla::Daemon::start(&flotilla_exe, tmp.path())
             .and_then(|d| d.import(&rootfs_tar, stacks::IMAGE).map(|_| d))
         {
@@ -294,8 +359,12 @@ fn real_main() -> Result<()> {
                 None
             }
         }
+    } else {
+        None
     };
-    std::thread::sleep(Duration::from_secs(2));
+    if daemon.is_some() {
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let f_idle = daemon
         .as_ref()
         .and_then(|d| d.pid())
@@ -331,7 +400,7 @@ fn real_main() -> Result<()> {
             ));
         }
     }
-    let stack_runs = if opts.runs("stacks") {
+    let stack_runs = if opts.wants("stacks") {
         vec![
             ("chain10", Shape::Chain, 10, reps.stack_small),
             ("fanout50", Shape::FanOut, 50, reps.stack_large),
@@ -416,6 +485,7 @@ fn real_main() -> Result<()> {
                         peer: Some("Compose v2".into()),
                         max_ratio: Some(0.2),
                         max_value: None,
+                        min_value: None,
                     });
                 }
                 metrics.push(m);
@@ -427,7 +497,7 @@ fn real_main() -> Result<()> {
     let n = 100;
     let mut f_full: Option<(Mem, Vec<Mem>)> = None;
     let mut d_full: Option<(Mem, Mem, Vec<Mem>)> = None;
-    if opts.runs("cli") {
+    if opts.wants_any(&["cli", "memory"]) {
         println!(
             "== 100-service stack: ps, config, footprint ({} runs each)",
             reps.cli
@@ -511,116 +581,133 @@ fn real_main() -> Result<()> {
                 config.skip(name, "not available");
             }
         }
-        metrics.push(ps);
-        metrics.push(config);
+        if opts.wants("cli") {
+            metrics.push(ps);
+            metrics.push(config);
+        }
     }
 
-    // Shim memory vs one containerd-shim.
-    let shim_fields = if opts.runs("start") {
-        vec![("rss", "RSS"), ("pss", "PSS")]
-    } else {
-        Vec::new()
-    };
-    for (field, label) in shim_fields {
-        let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
-        let mut m = Metric::new(
-            &format!("shim.{field}"),
-            "Memory",
-            &format!("one shim per running container, {label}"),
-            "KiB",
-        );
-        m.flotilla = shim_mem
-            .as_ref()
-            .and_then(|v| Stats::from_samples(v.iter().map(pick).collect()));
-        match &d_full {
-            Some((_, _, shims)) if !shims.is_empty() => m.peer(
-                "containerd-shim-runc-v2",
-                Stats::from_samples(shims.iter().map(pick).collect()),
-            ),
-            _ => m.skip(
-                "containerd-shim-runc-v2",
-                if opts.runs("cli") {
-                    "no Docker containers were running"
-                } else {
-                    "not measured in this run (--only)"
-                },
-            ),
+    if opts.wants("memory") {
+        // Shim memory vs one containerd-shim.
+        for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
+            let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
+            let mut m = Metric::new(
+                &format!("shim.{field}"),
+                "Memory",
+                &format!("one shim per running container, {label}"),
+                "KiB",
+            );
+            m.flotilla = shim_mem
+                .as_ref()
+                .and_then(|v| Stats::from_samples(v.iter().map(pick).collect()));
+            match &d_full {
+                Some((_, _, shims)) if !shims.is_empty() => m.peer(
+                    "containerd-shim-runc-v2",
+                    Stats::from_samples(shims.iter().map(pick).collect()),
+                ),
+                _ => m.skip(
+                    "containerd-shim-runc-v2",
+                    "no Docker containers were running",
+                ),
+            }
+            if field == "rss" {
+                m.goal = Some(Goal {
+                    text: "shim under 2 MiB RSS".into(),
+                    peer: None,
+                    max_ratio: None,
+                    max_value: Some(2048.0),
+                    min_value: None,
+                });
+            }
+            metrics.push(m);
         }
-        if field == "rss" {
-            m.goal = Some(Goal {
-                text: "shim under 2 MiB RSS".into(),
-                peer: None,
-                max_ratio: None,
-                max_value: Some(2048.0),
-            });
+        // Daemon footprint.
+        for (field, label) in [("rss", "RSS"), ("pss", "PSS")] {
+            let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
+            let one = |v: Option<f64>| v.and_then(|x| Stats::from_samples(vec![x]));
+            let mut idle = Metric::new(
+                &format!("footprint.idle.{field}"),
+                "Memory",
+                &format!("daemon idle, {label}"),
+                "KiB",
+            );
+            idle.flotilla = one(f_idle.as_ref().map(pick));
+            match d_idle {
+                Some(d) => idle.peer("dockerd + containerd", one(Some(pick(&d)))),
+                None => idle.skip("dockerd + containerd", "no Docker Engine"),
+            }
+            metrics.push(idle);
+            let mut full = Metric::new(
+                &format!("footprint.n100.{field}"),
+                "Memory",
+                &format!("daemon with {n} containers, {label}"),
+                "KiB",
+            );
+            full.flotilla = one(f_full.as_ref().map(|(d, _)| pick(d)));
+            match &d_full {
+                Some((d, c, _)) => full.peer("dockerd + containerd", one(Some(pick(&(*d + *c))))),
+                None => full.skip("dockerd + containerd", "no Docker stack was up"),
+            }
+            metrics.push(full);
+            let mut total = Metric::new(
+                &format!("footprint.n100total.{field}"),
+                "Memory",
+                &format!("daemon + all shims with {n} containers, {label}"),
+                "KiB",
+            );
+            total.flotilla = one(f_full
+                .as_ref()
+                .map(|(d, s)| pick(d) + s.iter().map(pick).sum::<f64>()));
+            match &d_full {
+                Some((d, c, s)) => total.peer(
+                    "dockerd + containerd + shims",
+                    one(Some(pick(&(*d + *c)) + s.iter().map(pick).sum::<f64>())),
+                ),
+                None => total.skip("dockerd + containerd + shims", "no Docker stack was up"),
+            }
+            metrics.push(total);
         }
-        metrics.push(m);
+        if let Some((_, s)) = &f_full {
+            notes.push(format!(
+                "flotilla had {} shims running with the 100-service stack.",
+                s.len()
+            ));
+        }
+        if let Some((_, _, s)) = &d_full {
+            notes.push(format!(
+                "Docker had {} containerd-shim processes running with the 100-service stack.",
+                s.len()
+            ));
+        }
     }
-    // Daemon footprint.
-    let footprint_fields = if opts.runs("cli") {
-        vec![("rss", "RSS"), ("pss", "PSS")]
-    } else {
-        Vec::new()
-    };
-    for (field, label) in footprint_fields {
-        let pick = |m: &Mem| if field == "rss" { m.rss_kib } else { m.pss_kib } as f64;
-        let one = |v: Option<f64>| v.and_then(|x| Stats::from_samples(vec![x]));
-        let mut idle = Metric::new(
-            &format!("footprint.idle.{field}"),
-            "Memory",
-            &format!("daemon idle, {label}"),
-            "KiB",
+
+    // 5. The network data path.
+    if opts.wants("net") {
+        println!(
+            "== network: direct, VIP, published ports ({} rounds)",
+            reps.net.rounds
         );
-        idle.flotilla = one(f_idle.as_ref().map(pick));
-        match d_idle {
-            Some(d) => idle.peer("dockerd + containerd", one(Some(pick(&d)))),
-            None => idle.skip("dockerd + containerd", "no Docker Engine"),
+        match &daemon {
+            Some(d) => match net::run_section(d, &files, &reps.net) {
+                Ok((m, n)) => {
+                    metrics.extend(m);
+                    notes.extend(n);
+                }
+                Err(e) => skipped.push(format!("network: {e:#}")),
+            },
+            None => skipped.push("network: no flotilla daemon".into()),
         }
-        metrics.push(idle);
-        let mut full = Metric::new(
-            &format!("footprint.n100.{field}"),
-            "Memory",
-            &format!("daemon with {n} containers, {label}"),
-            "KiB",
-        );
-        full.flotilla = one(f_full.as_ref().map(|(d, _)| pick(d)));
-        match &d_full {
-            Some((d, c, _)) => full.peer("dockerd + containerd", one(Some(pick(&(*d + *c))))),
-            None => full.skip("dockerd + containerd", "no Docker stack was up"),
-        }
-        metrics.push(full);
-        let mut total = Metric::new(
-            &format!("footprint.n100total.{field}"),
-            "Memory",
-            &format!("daemon + all shims with {n} containers, {label}"),
-            "KiB",
-        );
-        total.flotilla = one(f_full
-            .as_ref()
-            .map(|(d, s)| pick(d) + s.iter().map(pick).sum::<f64>()));
-        match &d_full {
-            Some((d, c, s)) => total.peer(
-                "dockerd + containerd + shims",
-                one(Some(pick(&(*d + *c)) + s.iter().map(pick).sum::<f64>())),
-            ),
-            None => total.skip("dockerd + containerd + shims", "no Docker stack was up"),
-        }
-        metrics.push(total);
-    }
-    if let Some((_, s)) = &f_full {
-        notes.push(format!(
-            "flotilla had {} shims running with the 100-service stack.",
-            s.len()
-        ));
-    }
-    if let Some((_, _, s)) = &d_full {
-        notes.push(format!(
-            "Docker had {} containerd-shim processes running with the 100-service stack.",
-            s.len()
-        ));
     }
     drop(daemon);
     drop(engine);
+
+    // 6. The control plane, in this process.
+    if opts.wants("control") {
+        let (m, s, n) = control::run(&reps.control);
+        metrics.extend(m);
+        skipped.extend(s);
+        notes.extend(n);
+    }
 
     let results = Results {
         format: 1,
@@ -630,11 +717,12 @@ fn real_main() -> Result<()> {
         command: format!(
             "cargo run --release -p flotilla-bench --{}{}{}",
             if opts.quick { " --quick" } else { "" },
-            opts.only
-                .as_ref()
-                .map(|o| format!(" --only {o}"))
-                .unwrap_or_default(),
-            format_args!(" --out {}", opts.out.display())
+            format_args!(" --out {}", opts.out.display()),
+            if opts.only.is_empty() {
+                String::new()
+            } else {
+                format!(" --only {}", opts.only.join(","))
+            }
         ),
         machine,
         versions,

@@ -1,7 +1,9 @@
 //! The results of one run, as written to `bench-results/latest.json`.
 //!
-//! Every metric is "lower is better" (milliseconds or KiB); a ratio is
-//! flotilla's median divided by the peer's, so < 1 means flotilla wins.
+//! A metric is "lower is better" (milliseconds, microseconds, KiB) unless
+//! `higher_is_better` (rates: requests/s, placements/s, commits/s). A ratio
+//! is always flotilla's median divided by the peer's, so < 1 means flotilla
+//! wins on a lower-is-better metric and loses on a rate.
 //! What it must never do: invent a figure for a peer that was skipped (a
 //! skipped peer carries its reason and no ratio).
 
@@ -47,8 +49,11 @@ pub struct Metric {
     pub key: String,
     pub group: String,
     pub name: String,
-    /// "ms" or "KiB".
+    /// "ms", "µs", "KiB", or a rate ("req/s", "placements/s", ...).
     pub unit: String,
+    /// True for rates: a ratio above 1 is then flotilla ahead.
+    #[serde(default)]
+    pub higher_is_better: bool,
     pub flotilla: Option<Stats>,
     pub peers: Vec<Peer>,
     /// The project's goal for this metric, if any, e.g. "≤ 1.0× runc".
@@ -65,13 +70,16 @@ pub struct Peer {
 }
 
 /// A goal: flotilla's figure must be at most `max_ratio` × the named
-/// peer's, or at most `max_value` in the metric's unit.
+/// peer's, or at most `max_value` in the metric's unit, or (for a rate) at
+/// least `min_value`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Goal {
     pub text: String,
     pub peer: Option<String>,
     pub max_ratio: Option<f64>,
     pub max_value: Option<f64>,
+    #[serde(default)]
+    pub min_value: Option<f64>,
 }
 
 impl Metric {
@@ -81,6 +89,7 @@ impl Metric {
             group: group.into(),
             name: name.into(),
             unit: unit.into(),
+            higher_is_better: false,
             flotilla: None,
             peers: Vec::new(),
             goal: None,
@@ -102,6 +111,21 @@ impl Metric {
         });
     }
 
+    /// A rate: higher is better.
+    pub fn rate(mut self) -> Metric {
+        self.higher_is_better = true;
+        self
+    }
+
+    /// Whether flotilla is ahead of (or level with) a peer at `ratio`.
+    pub fn ahead(&self, ratio: f64) -> bool {
+        if self.higher_is_better {
+            ratio >= 1.0
+        } else {
+            ratio <= 1.0
+        }
+    }
+
     pub fn skip(&mut self, name: &str, reason: &str) {
         self.peers.push(Peer {
             name: name.into(),
@@ -116,6 +140,9 @@ impl Metric {
     pub fn goal_gap(&self) -> Option<f64> {
         let g = self.goal.as_ref()?;
         let f = self.flotilla.as_ref()?;
+        if let Some(min) = g.min_value {
+            return Some(min / f.median);
+        }
         if let Some(max) = g.max_value {
             return Some(f.median / max);
         }
@@ -144,6 +171,7 @@ mod tests {
             peer: Some("runc".into()),
             max_ratio: Some(1.0),
             max_value: None,
+            min_value: None,
         });
         assert_eq!(m.goal_gap(), Some(2.0));
         m.goal = Some(Goal {
@@ -151,7 +179,21 @@ mod tests {
             peer: None,
             max_ratio: None,
             max_value: Some(20.0),
+            min_value: None,
         });
         assert_eq!(m.goal_gap(), Some(0.5));
+        let mut r = Metric::new("r", "g", "n", "req/s").rate();
+        r.flotilla = Stats::from_samples(vec![50.0]);
+        r.peer("direct", Stats::from_samples(vec![100.0]));
+        assert_eq!(r.peers[0].ratio, Some(0.5));
+        assert!(!r.ahead(0.5) && r.ahead(1.2));
+        r.goal = Some(Goal {
+            text: "at least 100/s".into(),
+            peer: None,
+            max_ratio: None,
+            max_value: None,
+            min_value: Some(100.0),
+        });
+        assert_eq!(r.goal_gap(), Some(2.0));
     }
 }

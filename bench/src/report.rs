@@ -30,6 +30,10 @@ fn fmt_value(v: f64, unit: &str) -> String {
         } else {
             format!("{v:.0} KiB")
         }
+    } else if unit == "µs" {
+        format!("{v:.0} µs")
+    } else if unit.ends_with("/s") {
+        format!("{} {unit}", thousands(v))
     } else if v >= 10_000.0 {
         format!("{:.2} s", v / 1000.0)
     } else if v >= 100.0 {
@@ -39,11 +43,25 @@ fn fmt_value(v: f64, unit: &str) -> String {
     }
 }
 
-fn fmt_ratio(r: f64) -> String {
-    if r < 1.0 {
-        format!("{r:.2}× ({:.1}× faster/smaller)", 1.0 / r)
-    } else {
-        format!("{r:.2}× ({r:.1}× slower/larger)")
+/// A rate rounded to a whole number with thousands separators: 13,018.
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt_ratio(r: f64, higher_is_better: bool) -> String {
+    match (higher_is_better, r < 1.0) {
+        (false, true) => format!("{r:.2}× ({:.1}× faster/smaller)", 1.0 / r),
+        (false, false) => format!("{r:.2}× ({r:.1}× slower/larger)"),
+        (true, true) => format!("{r:.2}× ({:.1}× lower rate)", 1.0 / r),
+        (true, false) => format!("{r:.2}× ({r:.1}× higher rate)"),
     }
 }
 
@@ -80,7 +98,7 @@ pub fn table(r: &Results) -> String {
         for p in &m.peers {
             let extra = match (&p.skipped, p.ratio) {
                 (Some(why), _) => format!("SKIPPED: {why}"),
-                (None, Some(ratio)) => fmt_ratio(ratio),
+                (None, Some(ratio)) => fmt_ratio(ratio, m.higher_is_better),
                 (None, None) => "no ratio".into(),
             };
             let _ = writeln!(out, "{}", row(&p.name, p.stats.as_ref(), &extra));
@@ -178,16 +196,23 @@ fn log_x(r: f64, center: f64, half: f64) -> f64 {
     center + l * half
 }
 
-/// Every flotilla/peer ratio on one log-scale chart: green left of 1
-/// (flotilla better), red right of it.
+/// Every flotilla/peer ratio on one log-scale chart: green where flotilla
+/// is ahead (left of 1 for times and sizes, right of 1 for rates), red
+/// where it is behind.
 fn ratio_chart(r: &Results) -> String {
-    let rows: Vec<(String, f64)> = r
+    let rows: Vec<(String, f64, bool)> = r
         .metrics
         .iter()
         .flat_map(|m| {
             m.peers.iter().filter_map(move |p| {
-                p.ratio
-                    .map(|ratio| (format!("{} — {} vs {}", m.group, m.name, p.name), ratio))
+                p.ratio.map(|ratio| {
+                    let dir = if m.higher_is_better { " (rate)" } else { "" };
+                    (
+                        format!("{} — {}{dir} vs {}", m.group, m.name, p.name),
+                        ratio,
+                        m.ahead(ratio),
+                    )
+                })
             })
         })
         .collect();
@@ -213,7 +238,7 @@ fn ratio_chart(r: &Results) -> String {
             if tick == 1.0 { "#000" } else { "#ccc" }
         );
     }
-    for (i, (label, ratio)) in rows.iter().enumerate() {
+    for (i, (label, ratio, ahead)) in rows.iter().enumerate() {
         let y = 26.0 + row_h * i as f64;
         let x = log_x(*ratio, center, half);
         let (x0, w) = if x < center {
@@ -221,7 +246,7 @@ fn ratio_chart(r: &Results) -> String {
         } else {
             (center, x - center)
         };
-        let colour = if *ratio <= 1.0 { WIN_RGB } else { LOSE_RGB };
+        let colour = if *ahead { WIN_RGB } else { LOSE_RGB };
         let _ = write!(
             svg,
             r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><rect class="bar" x="{x0:.1}" y="{y}" width="{:.1}" height="15" fill="{}"/><text x="{}" y="{}" font-size="11">{ratio:.2}×</text>"#,
@@ -354,7 +379,9 @@ pub fn html(r: &Results, history: &[Results]) -> (String, u32) {
         esc(&m.load_avg_at_start),
         esc(&m.flotilla_commit)
     );
-    body.push_str("<h2>flotilla / peer (lower is better; green: flotilla ahead)</h2>");
+    body.push_str(
+        "<h2>flotilla / peer (lower is better except for rates; green: flotilla ahead)</h2>",
+    );
     let ratios = ratio_chart(r);
     height += 80.0 + 22.0 * r.metrics.iter().map(|m| m.peers.len()).sum::<usize>() as f64;
     body.push_str(&ratios);
@@ -408,7 +435,7 @@ pub fn html(r: &Results, history: &[Results]) -> (String, u32) {
         for p in &m.peers {
             let extra = match (&p.skipped, p.ratio) {
                 (Some(why), _) => format!("skipped: {why}"),
-                (None, Some(x)) => fmt_ratio(x),
+                (None, Some(x)) => fmt_ratio(x, m.higher_is_better),
                 _ => String::new(),
             };
             body.push_str(&cell(&p.name, p.stats.as_ref(), &extra));

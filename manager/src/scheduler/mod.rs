@@ -18,7 +18,7 @@ use flotilla_proto::v1::{
     store_action, Node, NodeAvailability, NodeRole, NodeState, StoreAction, Task, TaskState,
     TaskStatus, Timestamp,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 /// `pending_reason` when no node is Ready and Active.
 pub const NO_READY_NODE: &str = "no ready node";
@@ -80,16 +80,25 @@ pub fn schedule_into(view: &impl StoreView, actions: &mut Vec<StoreAction>, now:
         .collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
 
-    // (node, service) -> count, node -> total.
-    let mut per_service: BTreeMap<(String, String), u32> = BTreeMap::new();
-    let mut total: BTreeMap<String, u32> = BTreeMap::new();
+    // Counts indexed like `nodes` (tasks on other nodes never matter):
+    // service -> tasks of it per node, and tasks per node. Indices, not
+    // node-id strings, so placing a task allocates nothing per node.
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut per_service: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut total: Vec<u32> = vec![0; nodes.len()];
     let mut count = |t: &Task| {
-        if occupies(t) {
-            *per_service
-                .entry((t.node_id.clone(), t.service_id.clone()))
-                .or_default() += 1;
-            *total.entry(t.node_id.clone()).or_default() += 1;
+        if !occupies(t) {
+            return;
         }
+        let Some(&i) = index.get(t.node_id.as_str()) else {
+            return;
+        };
+        bump(&mut per_service, &t.service_id, nodes.len(), i);
+        total[i] += 1;
     };
     for t in view.all_tasks() {
         if !touched.contains(&t.id) {
@@ -141,36 +150,19 @@ pub fn schedule_into(view: &impl StoreView, actions: &mut Vec<StoreAction>, now:
             .and_then(|s| s.placement.as_ref())
             .and_then(|p| p.max_replicas_per_node)
             .filter(|m| *m > 0);
-        let chosen = nodes
-            .iter()
-            .filter(|n| constraints.iter().all(|c| constraint_holds(n, c)))
-            .filter(|n| {
-                max_per_node.is_none_or(|m| {
-                    per_service
-                        .get(&(n.id.clone(), t.service_id.clone()))
-                        .copied()
-                        .unwrap_or(0)
-                        < m
-                })
-            })
-            .min_by_key(|n| {
-                (
-                    per_service
-                        .get(&(n.id.clone(), t.service_id.clone()))
-                        .copied()
-                        .unwrap_or(0),
-                    total.get(&n.id).copied().unwrap_or(0),
-                    n.id.clone(),
-                )
-            })
-            .map(|n| n.id.clone());
+        let counts = per_service.get(&t.service_id);
+        let of_service = |i: usize| counts.map_or(0, |c| c[i]);
+        let chosen = (0..nodes.len())
+            .filter(|&i| constraints.iter().all(|c| constraint_holds(nodes[i], c)))
+            .filter(|&i| max_per_node.is_none_or(|m| of_service(i) < m))
+            // `nodes` is sorted by id: the index breaks ties as the id would.
+            .min_by_key(|&i| (of_service(i), total[i], i));
         let status = t.status.get_or_insert_with(TaskStatus::default);
         match chosen {
-            Some(node) => {
-                *per_service
-                    .entry((node.clone(), t.service_id.clone()))
-                    .or_default() += 1;
-                *total.entry(node.clone()).or_default() += 1;
+            Some(i) => {
+                bump(&mut per_service, &t.service_id, nodes.len(), i);
+                total[i] += 1;
+                let node = nodes[i].id.clone();
                 status.set_state(TaskState::Assigned);
                 status.timestamp = Some(now);
                 status.message = format!("assigned to node {node}");
@@ -214,6 +206,18 @@ pub fn schedule_into(view: &impl StoreView, actions: &mut Vec<StoreAction>, now:
                 expected_version: orig.meta.as_ref().map(|m| m.version).unwrap_or(0),
                 object: Some(store_action::Object::Task(t)),
             });
+        }
+    }
+}
+
+/// Adds one task of `service` on node index `i`.
+fn bump(per_service: &mut HashMap<String, Vec<u32>>, service: &str, nodes: usize, i: usize) {
+    match per_service.get_mut(service) {
+        Some(c) => c[i] += 1,
+        None => {
+            let mut c = vec![0; nodes];
+            c[i] = 1;
+            per_service.insert(service.to_string(), c);
         }
     }
 }
