@@ -255,3 +255,71 @@ fn a_published_udp_port_answers_on_loopback_and_keeps_the_client_source() {
     });
     assert!(gone.is_some(), "UDP DNAT rule left after down");
 }
+
+#[test]
+fn a_host_ip_binds_only_that_address_and_a_range_maps_port_by_port() {
+    require_root!();
+    let mut d = Daemon::new();
+    d.start();
+    d.import_demo_image();
+    let project = format!("nr{}", d.name);
+    let dir = d.root.path().join(&project);
+    let only_lo = free_port();
+    // Two consecutive free ports for the range.
+    let first = (0..50)
+        .map(|_| free_port())
+        .find(|p| *p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok())
+        .expect("two consecutive free ports");
+    write_project(
+        &dir,
+        &format!(
+            "services:\n  store:\n    image: flotilla-demo:test\n    command: [\"store\"]\n    ports:\n      - \"127.0.0.1:{only_lo}:6000\"\n      - \"{first}-{}:6000-6001\"\n",
+            first + 1
+        ),
+    );
+    d.ok(&dir, &["up", "-d"]);
+    assert_eq!(
+        d.ok(&dir, &["port", "store", "6001"]).trim(),
+        format!("0.0.0.0:{}", first + 1)
+    );
+    let health =
+        |addr: SocketAddrV4| http_get(addr, "/health").is_some_and(|r| r.contains(" 200 "));
+    let lo = |p| SocketAddrV4::new(Ipv4Addr::LOCALHOST, p);
+    assert!(
+        eventually(Duration::from_secs(20), || health(lo(only_lo))
+            .then_some(()))
+        .is_some(),
+        "127.0.0.1:{only_lo}\n{}",
+        nft_ruleset()
+    );
+    // The range's first port reaches 6000 (the store); its second, 6001,
+    // where nothing listens, is refused rather than sent to 6000.
+    assert!(health(lo(first)), "127.0.0.1:{first} (range → 6000)");
+    assert!(
+        !health(lo(first + 1)),
+        "127.0.0.1:{} (range → 6001)",
+        first + 1
+    );
+
+    // From a client namespace, the host-IP-bound port is not published on
+    // the host's other addresses; the range is.
+    let octet: String = d.pool.split('.').nth(1).unwrap().to_string();
+    let base: Ipv4Addr = format!("10.{octet}.252.0").parse().unwrap();
+    let client = ClientNs::new(&format!("{}r", d.name), base);
+    let (to_lo_port, to_range) = client.run(|| {
+        (
+            health(SocketAddrV4::new(client.host_ip, only_lo)),
+            eventually(Duration::from_secs(10), || {
+                health(SocketAddrV4::new(client.host_ip, first)).then_some(())
+            })
+            .is_some(),
+        )
+    });
+    assert!(
+        !to_lo_port,
+        "a 127.0.0.1-bound port answered on {}",
+        client.host_ip
+    );
+    assert!(to_range, "range port {first} on {}", client.host_ip);
+    d.ok(&dir, &["down"]);
+}
