@@ -7,7 +7,7 @@ mod common;
 mod network_support;
 
 use common::*;
-use network_support::vip_with_backends;
+use network_support::{vip_table, vip_with_backends};
 use std::path::Path;
 use std::time::Duration;
 
@@ -108,24 +108,6 @@ fn vip_spreads_connections_over_three_replicas() {
         );
     }
     d.ok(&dir, &["down"]);
-}
-
-/// The client namespace's VIP table as text.
-fn vip_table(pid: i64) -> String {
-    let out = std::process::Command::new("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-n",
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "flotilla-vip",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -279,9 +279,10 @@ impl Drop for FakeUpstream {
     }
 }
 
-/// The VIP whose DNAT map in the namespace of `pid` has `n` backends.
-pub fn vip_with_backends(pid: i64, n: usize) -> Option<String> {
-    let out = Command::new("nsenter")
+/// The VIP table (`table ip flotilla-vip`) in the namespace of `pid`, as
+/// text; empty when there is none.
+pub fn vip_table(pid: i64) -> String {
+    Command::new("nsenter")
         .args([
             "-t",
             &pid.to_string(),
@@ -293,9 +294,13 @@ pub fn vip_with_backends(pid: i64, n: usize) -> Option<String> {
             "flotilla-vip",
         ])
         .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines().find_map(|l| {
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The VIP whose DNAT map in the namespace of `pid` has `n` backends.
+pub fn vip_with_backends(pid: i64, n: usize) -> Option<String> {
+    vip_table(pid).lines().find_map(|l| {
         let l = l.trim();
         let rest = l.strip_prefix("ip daddr ")?;
         let (vip, tail) = rest.split_once(' ')?;
