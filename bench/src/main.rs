@@ -259,8 +259,18 @@ fn real_main() -> Result<()> {
             .runc
             .as_ref()
             .map(|r| start::RuncBundle::new(r, &rootfs, tmp.path()));
+        // The same runc with the seccomp filter flotilla installs (Docker's
+        // default profile), for a like-for-like figure.
+        let runc_sc =
+            match (&tools.runc, frt) {
+                (Some(r), Ok(f)) => Some(f.seccomp_json().and_then(|sc| {
+                    start::RuncBundle::with_seccomp(r, &rootfs, tmp.path(), Some(sc))
+                })),
+                _ => None,
+            };
         let (mut f_s, mut r_s, mut d_s) = (Vec::new(), Vec::new(), Vec::new());
         let (mut f_err, mut r_err, mut d_err) = (None, None, None);
+        let (mut rs_s, mut rs_err) = (Vec::new(), None);
         for i in 0..=reps.start {
             // Run 0 is a warm-up (page cache, first cgroup creation).
             let keep = i > 0;
@@ -280,6 +290,15 @@ fn real_main() -> Result<()> {
                     Err(e) => r_err = Some(format!("{e:#}")),
                 },
                 Some(Err(e)) if r_err.is_none() => r_err = Some(format!("{e:#}")),
+                _ => {}
+            }
+            match &runc_sc {
+                Some(Ok(b)) if rs_err.is_none() => match b.run_true(i) {
+                    Ok(t) if keep => rs_s.push(t),
+                    Ok(_) => {}
+                    Err(e) => rs_err = Some(format!("{e:#}")),
+                },
+                Some(Err(e)) if rs_err.is_none() => rs_err = Some(format!("{e:#}")),
                 _ => {}
             }
             if let Some(e) = &engine {
@@ -312,6 +331,13 @@ fn real_main() -> Result<()> {
             "runc run",
             r_s,
             r_err.or_else(|| tools.runc.is_none().then(|| "runc is not installed".into())),
+            &mut skipped,
+        );
+        add_peer(
+            &mut m,
+            "runc run, Docker's seccomp profile",
+            rs_s,
+            rs_err.or_else(|| runc_sc.is_none().then(|| "runc is not installed".into())),
             &mut skipped,
         );
         add_peer(

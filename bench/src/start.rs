@@ -76,6 +76,31 @@ impl FlotillaRuntime {
         Ok(elapsed)
     }
 
+    /// The seccomp filter flotilla gives a container by default (Docker's
+    /// profile, as `linux.seccomp` of the OCI config it writes), read from
+    /// the bundle of a probe container, so a runc peer can run with the
+    /// same filter.
+    pub fn seccomp_json(&self) -> Result<serde_json::Value> {
+        let id = "seccomp-probe";
+        self.rt
+            .create(&self.spec(id, &["/bin/sleep", "3600"]))
+            .with_context(|| format!("creating container {id}"))?;
+        let path = self.state_dir.join(id).join("bundle").join("config.json");
+        let read = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|t| {
+                serde_json::from_str::<serde_json::Value>(&t)
+                    .with_context(|| format!("parsing {}", path.display()))
+            });
+        let _ = self.rt.stop(id, libc::SIGKILL, Duration::from_secs(5));
+        let _ = self.rt.remove(id);
+        let seccomp = read?["linux"]["seccomp"].clone();
+        if seccomp.is_null() {
+            bail!("{} has no linux.seccomp", path.display());
+        }
+        Ok(seccomp)
+    }
+
     /// Starts `n` sleeping containers and returns each one's shim memory.
     pub fn shim_memory(&self, n: usize) -> Result<Vec<Mem>> {
         let mut ids = Vec::new();
@@ -137,7 +162,23 @@ pub struct RuncBundle {
 
 impl RuncBundle {
     pub fn new(runc: &Path, rootfs: &Path, dir: &Path) -> Result<RuncBundle> {
-        let bundle = dir.join("runc-bundle");
+        Self::with_seccomp(runc, rootfs, dir, None)
+    }
+
+    /// As [`RuncBundle::new`], with `seccomp` as the config's
+    /// `linux.seccomp` when given (runc spec's default config has none).
+    pub fn with_seccomp(
+        runc: &Path,
+        rootfs: &Path,
+        dir: &Path,
+        seccomp: Option<serde_json::Value>,
+    ) -> Result<RuncBundle> {
+        let name = if seccomp.is_some() {
+            "runc-bundle-seccomp"
+        } else {
+            "runc-bundle"
+        };
+        let bundle = dir.join(name);
         std::fs::create_dir_all(&bundle).context("creating the runc bundle dir")?;
         run(Command::new(runc).arg("spec").current_dir(&bundle))?;
         let cfg_path = bundle.join("config.json");
@@ -148,9 +189,12 @@ impl RuncBundle {
         cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
         cfg["root"]["path"] = rootfs.display().to_string().into();
         cfg["root"]["readonly"] = true.into();
+        if let Some(sc) = seccomp {
+            cfg["linux"]["seccomp"] = sc;
+        }
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)
             .context("writing runc's config.json")?;
-        let root = dir.join("runc-state");
+        let root = dir.join(format!("{name}-state"));
         Ok(RuncBundle {
             runc: runc.into(),
             bundle,
