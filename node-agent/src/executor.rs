@@ -218,6 +218,7 @@ impl Agent {
             services: Vec::new(),
             live_networks: load_live_networks(&live_networks_file),
             live_networks_file,
+            tearing_down: HashSet::new(),
             have_assignments: false,
             peers: Vec::new(),
             nat,
@@ -271,6 +272,8 @@ enum Event {
     },
     /// A removed task's container and endpoint are gone.
     Removed { task_id: String },
+    /// A network's bridge and rules are gone from this node.
+    NetworkGone { id: String },
     /// A health check changed the task's health state or failing streak.
     Health(crate::health::HealthUpdate),
     /// A pause or unpause finished (`container` is what the node now sees).
@@ -307,6 +310,10 @@ struct Executor {
     /// Where `live_networks` is kept, so a daemon killed before it tore a
     /// network down still does so after its restart.
     live_networks_file: PathBuf,
+    /// Networks whose teardown runs now (they stay in `live_networks`, and
+    /// in its file, until it is done: a daemon stopped meanwhile finishes
+    /// the job after its restart).
+    tearing_down: HashSet<String>,
     have_assignments: bool,
     /// Every task of this node's stacks (the manager's view), for VIPs.
     peers: Vec<pb::Task>,
@@ -522,6 +529,16 @@ impl Executor {
                 self.entries.remove(&task_id);
                 self.outbox.forget(&task_id);
             }
+            Event::NetworkGone { id } => {
+                self.tearing_down.remove(&id);
+                let used = self
+                    .entries
+                    .values()
+                    .any(|e| e.task.networks.iter().any(|n| n.network_id == id));
+                if !used && self.live_networks.remove(&id).is_some() {
+                    self.save_live_networks();
+                }
+            }
             Event::Frozen {
                 task_id,
                 container,
@@ -628,7 +645,7 @@ impl Executor {
                 }
             }
         }
-        self.teardown_unused_networks();
+        self.teardown_unused_networks(ev_tx);
         network::sync_nat(
             &self.nat,
             &self.cfg.run_dir.join("netns"),
@@ -888,7 +905,7 @@ impl Executor {
     /// Removes the bridge and rules of networks no task here uses any more.
     /// Not before the first assignment set: until then the tasks that use
     /// the networks a previous agent set up are not known yet.
-    fn teardown_unused_networks(&mut self) {
+    fn teardown_unused_networks(&mut self, ev_tx: &mpsc::Sender<Event>) {
         if !self.have_assignments {
             return;
         }
@@ -900,17 +917,16 @@ impl Executor {
         let unused: Vec<(String, String)> = self
             .live_networks
             .iter()
-            .filter(|(n, _)| !used.contains(n.as_str()))
+            .filter(|(n, _)| !used.contains(n.as_str()) && !self.tearing_down.contains(*n))
             .map(|(n, b)| (n.clone(), b.clone()))
             .collect();
-        if unused.is_empty() {
-            return;
-        }
         for (id, bridge) in unused {
-            self.live_networks.remove(&id);
-            let nl = self.netlink.clone();
-            tokio::spawn(async move { network::remove_network(&nl, &id, &bridge).await });
+            self.tearing_down.insert(id.clone());
+            let (nl, tx) = (self.netlink.clone(), ev_tx.clone());
+            tokio::spawn(async move {
+                network::remove_network(&nl, &id, &bridge).await;
+                let _ = tx.send(Event::NetworkGone { id }).await;
+            });
         }
-        self.save_live_networks();
     }
 }
