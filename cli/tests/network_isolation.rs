@@ -192,13 +192,23 @@ fn network_leftovers(d: &Daemon) -> Vec<String> {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     left.extend(netns.into_iter().map(|n| format!("netns {}", n.display())));
+    let orphan_veth = orphan_names().1;
     left.extend(
         host_links()
             .into_iter()
-            .filter(|l| l.starts_with("vfdeadbeef"))
+            .filter(|l| *l == orphan_veth)
             .map(|l| format!("veth {l}")),
     );
     left
+}
+
+/// The planted leftover endpoint's namespace name (a short task id, 12
+/// characters) and the host end of its veth (the agent's naming rule),
+/// unique per test process.
+fn orphan_names() -> (String, String) {
+    let ns = format!("dead{:08x}", std::process::id());
+    let veth = format!("vf{}0", &ns[..10]);
+    (ns, veth)
 }
 
 #[test]
@@ -228,36 +238,36 @@ fn a_killed_daemon_tears_down_what_it_left_after_its_restart() {
     // in the daemon's run dir, as a kill mid-create leaves it.
     d.kill9();
     let netns_dir = d.run_dir.join("netns");
-    let _ = flotilla_runtime::net::netns::remove(&netns_dir, "deadbeef0123");
-    let orphan = flotilla_runtime::net::netns::create(&netns_dir, "deadbeef0123").unwrap();
+    let (ns_name, veth) = orphan_names();
+    let _ = flotilla_runtime::net::netns::remove(&netns_dir, &ns_name);
+    let orphan = flotilla_runtime::net::netns::create(&netns_dir, &ns_name).unwrap();
     let _ = std::process::Command::new("ip")
-        .args(["link", "del", "vfdeadbeef010"])
+        .args(["link", "del", &veth])
         .output();
+    struct Veth(String);
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .output();
+        }
+    }
+    let _veth = Veth(veth.clone());
     network_support::sh(&[
         "ip",
         "link",
         "add",
-        "vfdeadbeef010",
+        &veth,
         "type",
         "veth",
         "peer",
         "name",
-        "vfdeadbeefp",
+        &format!("{veth}p"),
     ]);
-    struct Veth;
-    impl Drop for Veth {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", "vfdeadbeef010"])
-                .output();
-        }
-    }
-    let _veth = Veth;
 
     d.start();
     let swept = eventually(Duration::from_secs(20), || {
-        (!orphan.exists() && !host_links().iter().any(|l| l.starts_with("vfdeadbeef")))
-            .then_some(())
+        (!orphan.exists() && !host_links().contains(&veth)).then_some(())
     });
     assert!(
         swept.is_some(),

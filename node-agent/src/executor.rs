@@ -160,6 +160,7 @@ impl Agent {
             runtime: runtime.clone(),
             tasks: known.clone(),
             tmp_dir: cfg.state_dir.join("tmp"),
+            volumes_root: crate::tasks::volumes_root(&cfg.state_dir),
         };
         let mut stop_srv = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

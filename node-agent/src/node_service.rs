@@ -36,6 +36,8 @@ pub struct NodeService {
     pub runtime: Arc<Runtime>,
     pub tasks: KnownTasks,
     pub tmp_dir: PathBuf,
+    /// The local volume driver's store (`tasks::volumes_root`).
+    pub volumes_root: PathBuf,
 }
 
 fn internal<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Status + '_ {

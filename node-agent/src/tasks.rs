@@ -456,11 +456,13 @@ pub fn resolve_mounts(
                 let mut labels = BTreeMap::new();
                 labels.insert(LABEL_STACK.to_string(), task.stack.clone());
                 let vol = if m.source.is_empty() {
-                    let name = volume::anonymous_name(&format!(
-                        "{}/{}/{}/{}",
-                        task.stack, task.service_name, task.slot, m.target
-                    ));
-                    labels.insert("com.docker.volume.anonymous".into(), String::new());
+                    let name = crate::volume_verbs::anonymous_volume_name(
+                        &task.stack,
+                        &task.service_name,
+                        task.slot,
+                        &m.target,
+                    );
+                    labels.insert(crate::volume_verbs::LABEL_ANONYMOUS.into(), String::new());
                     store.ensure(&name, &labels)
                 } else {
                     labels.insert("com.docker.compose.volume".into(), m.source.clone());

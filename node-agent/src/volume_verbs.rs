@@ -8,14 +8,14 @@
 
 use crate::executor::LABEL_STACK;
 use crate::node_service::NodeService;
-use crate::tasks::{volume_name, volumes_root};
+use crate::tasks::volume_name;
 use flotilla_proto::v1 as pb;
 use flotilla_runtime::volume::{self, VolumeStore};
 use std::collections::BTreeSet;
 use tonic::Status;
 
 /// The label `resolve_mounts` puts on anonymous volumes.
-const LABEL_ANONYMOUS: &str = "com.docker.volume.anonymous";
+pub const LABEL_ANONYMOUS: &str = "com.docker.volume.anonymous";
 
 /// The name of a slot's anonymous volume for `target` (the seed
 /// `tasks::resolve_mounts` uses).
@@ -32,16 +32,10 @@ pub async fn remove(
             "RemoveVolumesRequest.stack is empty",
         ));
     }
-    // The executor makes `tmp_dir` `<state>/tmp`; volumes live in
-    // `<state>/volumes`.
-    let state_dir = svc
-        .tmp_dir
-        .parent()
-        .ok_or_else(|| Status::internal("the agent's state directory is unknown"))?
-        .to_path_buf();
+    let root = svc.volumes_root.clone();
     let rt = svc.runtime.clone();
     tokio::task::spawn_blocking(move || {
-        let store = VolumeStore::open(&volumes_root(&state_dir))
+        let store = VolumeStore::open(&root)
             .map_err(|e| Status::internal(format!("opening the volume store: {e}")))?;
         let mut names: BTreeSet<String> = BTreeSet::new();
         for n in &req.named {

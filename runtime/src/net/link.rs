@@ -420,13 +420,25 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetError::netlink("setting container interface up", &target, e))?;
-        let Some(gateway) = gateway else {
-            return Ok(());
+        match gateway {
+            Some(g) => self.add_default_route(index, IpAddr::V4(g)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Adds (or replaces) the default route of this handle's namespace via
+    /// `gateway` out of the interface with index `index`.
+    async fn add_default_route(&self, index: u32, gateway: IpAddr) -> Result<(), NetError> {
+        let route = match gateway {
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(g)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(g)
+                .output_interface(index)
+                .build(),
         };
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
         self.handle
             .route()
             .add(route)
@@ -500,23 +512,7 @@ impl Netlink {
                         return Ok(());
                     };
                     let index = nl.index_of(&ifname).await?;
-                    let route = RouteMessageBuilder::<Ipv6Addr>::new()
-                        .gateway(gateway)
-                        .output_interface(index)
-                        .build();
-                    nl.handle
-                        .route()
-                        .add(route)
-                        .replace()
-                        .execute()
-                        .await
-                        .map_err(|e| {
-                            NetError::netlink(
-                                "adding default IPv6 route in container namespace",
-                                format!("via {gateway}"),
-                                e,
-                            )
-                        })
+                    nl.add_default_route(index, IpAddr::V6(gateway)).await
                 })
             })
         })
